@@ -1,0 +1,37 @@
+"""The ``catdog`` command: a thin layer over the packages.
+
+Each group of commands lives in its own module and registers itself here; heavy imports
+(TensorFlow above all) happen inside the commands, so ``catdog --help`` stays instant and no
+process that forks has TensorFlow loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import click
+
+from catdog import __version__
+
+# TensorFlow's C++ start-up chatter is noise on a command line; real errors still show.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="catdog")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def main(verbose: int) -> None:
+    """Label huge image archives with a CNN: producer -> Redis -> workers -> SQL."""
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _register() -> None:
+    from catdog import cli_ops, cli_pipeline, cli_training
+
+    for module in (cli_pipeline, cli_training, cli_ops):
+        module.register(main)
+
+
+_register()

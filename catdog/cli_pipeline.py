@@ -1,0 +1,226 @@
+"""Commands of the labeling pipeline: classify, scan, worker, status, export, db."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from catdog.settings import Settings, get_settings
+
+
+def _database(settings: Settings):  # type: ignore[no-untyped-def]
+    """Engine + session factory with migrations applied (the embedded mode needs no setup)."""
+    from db.engine import engine_for, session_factory
+    from db.migrate import upgrade
+
+    engine = engine_for(settings.database())
+    upgrade(engine)
+    return engine, session_factory(engine)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"catdog: {message}", err=True)
+    sys.exit(code)
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--model", "model_file", type=click.Path(path_type=Path), help="A .keras model.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "jsonl"]), default="table")
+@click.option("--threshold", type=float, help="Below this confidence the label is 'uncertain'.")
+def classify(
+    paths: tuple[Path, ...], model_file: Path | None, fmt: str, threshold: float | None
+) -> None:
+    """Label images under PATHS in this process and print one row per image."""
+    from rich.progress import Progress
+
+    from catdog.output import rows_for, write_rows
+    from producer.scan import scan
+    from producer.stores import LocalStore
+    from training.registry import ModelNotFound, current_version
+    from workers.inference import InferenceContext, classify_batch
+
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        _fail(f"path not found: {', '.join(missing)}")
+    updates: dict[str, object] = {}
+    if model_file is not None:
+        if not model_file.is_file():
+            _fail(f"model file not found: {model_file}")
+        updates["model"] = model_file
+    if threshold is not None:
+        updates["confidence_threshold"] = threshold
+    settings = get_settings().model_copy(update=updates)
+    _, sessions = _database(settings)
+    try:
+        with sessions.begin() as session:
+            version = current_version(session, settings)
+            version_id = version.id
+    except ModelNotFound as exc:
+        _fail(str(exc))
+    ctx = InferenceContext.create(settings)
+    stores = [LocalStore(p) for p in paths]
+    with Progress(transient=True, disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task("classifying", total=None)
+
+        def send(run_id: int, ids: list[int]) -> None:
+            classify_batch(ctx, run_id, ids)
+            bar.advance(task, len(ids))
+
+        # classify always answers with this model: only its own labels count as done.
+        summary = scan(ctx.sessions, settings, stores, send, relabel=True, keep_ids=True)
+    if summary.files_seen == 0:
+        _fail("no images found under " + ", ".join(str(p) for p in paths), code=1)
+    with sessions() as session:
+        rows = rows_for(session, summary.image_ids, version_id)
+    write_rows(rows, fmt)
+    ctx.close()
+
+
+@click.command("scan")
+@click.argument("root", type=click.Path(path_type=Path))
+@click.option("--wait", is_flag=True, help="Show progress and return when the run is done.")
+@click.option("--relabel", is_flag=True, help="Re-label images labeled by an older model.")
+def scan_cmd(root: Path, wait: bool, relabel: bool) -> None:
+    """Register images under ROOT and queue batches for the workers."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    from producer.queue import BrokerQueue
+    from producer.scan import scan
+    from producer.stores import LocalStore
+    from workers.app import make_celery
+
+    settings = get_settings()
+    if settings.embedded:
+        _fail("CATDOG_BROKER_URL is not set: start Redis and workers, or use `catdog classify`")
+    if not root.exists():
+        _fail(f"path not found: {root}")
+    _, sessions = _database(settings)
+    store = LocalStore(root)
+    queue = BrokerQueue(make_celery(settings), store.root)
+    columns = [SpinnerColumn(), TextColumn("{task.description}")]
+    with Progress(*columns, disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task("scanning")
+
+        def progress(seen: int, queued: int) -> None:
+            bar.update(task, description=f"scanning: {seen} files, {queued} queued")
+
+        summary = scan(sessions, settings, [store], queue.send, queue.depth, relabel, progress)
+    click.echo(
+        f"run {summary.run_id}: {summary.files_seen} files, {summary.queued} queued, "
+        f"{summary.skipped} already labeled"
+    )
+    if wait:
+        from catdog.status import wait_for_run
+
+        ok = wait_for_run(sessions, summary.run_id)
+        sys.exit(0 if ok else 1)
+
+
+@click.command()
+@click.option(
+    "--queues",
+    "-Q",
+    default="inference",
+    show_default=True,
+    help="Comma-separated: inference, training.",
+)
+@click.option(
+    "--concurrency",
+    "-c",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Batches at a time in this process (threads sharing one model).",
+)
+@click.option(
+    "--pool",
+    type=click.Choice(["solo", "threads"]),
+    default=None,
+    help="Default: solo for 1, threads above (never prefork: TensorFlow can't fork).",
+)
+@click.option(
+    "--hostname", "-n", default=None, help="Worker node name (default catdog-QUEUES@host)."
+)
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+def worker(
+    queues: str, concurrency: int, pool: str | None, hostname: str | None, loglevel: str
+) -> None:
+    """Start a Celery worker for the inference or training queue."""
+    settings = get_settings()
+    if settings.embedded:
+        _fail("CATDOG_BROKER_URL is not set: a worker needs a broker (e.g. redis://host:6379/0)")
+    from workers.app import app
+
+    if "training" in queues.split(","):
+        import training.tasks  # noqa: F401 - registers catdog.train
+
+    pool = pool or ("solo" if concurrency == 1 else "threads")
+    argv = [
+        "worker",
+        "-Q",
+        queues,
+        "-c",
+        str(concurrency),
+        "--pool",
+        pool,
+        "-E",
+        "--loglevel",
+        loglevel,
+        "-n",
+        hostname or f"catdog-{queues.replace(',', '-')}@%h",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    app.worker_main(argv)
+
+
+@click.command()
+@click.argument("run_id", required=False, type=int)
+@click.option("--watch", is_flag=True, help="Refresh until the run(s) are done.")
+@click.option("--limit", default=10, show_default=True, help="Runs to show.")
+def status(run_id: int | None, watch: bool, limit: int) -> None:
+    """Progress of scan runs: done, failed, pending, rate and ETA."""
+    from catdog.status import show_status, wait_for_run
+
+    _, sessions = _database(get_settings())
+    if watch and run_id is not None:
+        sys.exit(0 if wait_for_run(sessions, run_id) else 1)
+    show_status(sessions, run_id, limit, watch)
+
+
+@click.command()
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv")
+@click.option("--out", type=click.Path(path_type=Path), help="File to write (default stdout).")
+def export(fmt: str, out: Path | None) -> None:
+    """Latest result per image, failures included (same columns as classify)."""
+    from catdog.output import all_rows, write_rows
+
+    _, sessions = _database(get_settings())
+    with sessions() as session:
+        if out is None:
+            n = write_rows(all_rows(session), fmt)
+        else:
+            with out.open("w", newline="", encoding="utf-8") as fh:
+                n = write_rows(all_rows(session), fmt, fh)
+    click.echo(f"exported {n} rows" + (f" to {out}" if out else ""), err=True)
+
+
+@click.group()
+def db() -> None:
+    """Database maintenance."""
+
+
+@db.command()
+def upgrade() -> None:
+    """Apply migrations to CATDOG_DATABASE_URL."""
+    _database(get_settings())
+    click.echo("database is up to date")
+
+
+def register(group: click.Group) -> None:
+    """Add this module's commands to ``group``."""
+    for command in (classify, scan_cmd, worker, status, export, db):
+        group.add_command(command)

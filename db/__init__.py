@@ -1,0 +1,1 @@
+"""The results database: typed tables, engine, migrations and the queries that matter."""

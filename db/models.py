@@ -1,0 +1,129 @@
+"""SQLAlchemy 2 table models (kept apart from message and report types)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, the only clock the tables use."""
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every catdog table."""
+
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class Image(Base):
+    """One file in an image store, registered by the producer."""
+
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("store", "path", name="uq_images_store_path"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    #: The store root the path is relative to (an absolute local path for local stores).
+    store: Mapped[str] = mapped_column(String(1024))
+    path: Mapped[str] = mapped_column(String(4096))
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime: Mapped[float] = mapped_column(Float)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    registered: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelVersion(Base):
+    """A model file known to the registry; at most one is production."""
+
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), unique=True)
+    file: Mapped[str] = mapped_column(String(4096))
+    sha256: Mapped[str] = mapped_column(String(64))
+    arch: Mapped[str] = mapped_column(String(32), default="unknown")
+    classes: Mapped[list[Any]] = mapped_column(default=list)
+    input_size: Mapped[list[Any]] = mapped_column(default=list)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    is_production: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Prediction(Base):
+    """The label one model version gave one image, or why it could not."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (
+        UniqueConstraint("image_id", "model_version_id", name="uq_predictions_image_model"),
+        Index("ix_predictions_run", "run_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    #: The scan run that produced this row (progress counters follow it).
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("scan_runs.id", ondelete="SET NULL"))
+    label: Mapped[str | None] = mapped_column(String(128))
+    confidence: Mapped[float | None] = mapped_column(Float)
+    probabilities: Mapped[dict[str, Any] | None] = mapped_column()
+    #: Human-readable reason when the image could not be classified; NULL on success.
+    error: Mapped[str | None] = mapped_column(Text)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ScanRun(Base):
+    """One scan of a store root: what was queued and what came back."""
+
+    __tablename__ = "scan_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    root: Mapped[str] = mapped_column(String(1024))
+    relabel: Mapped[bool] = mapped_column(Boolean, default=False)
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    started: Mapped[datetime] = mapped_column(default=utcnow)
+    #: Set when the producer has queued everything.
+    enqueued: Mapped[datetime | None] = mapped_column()
+    #: Set when every queued image has a result.
+    finished: Mapped[datetime | None] = mapped_column()
+    files_seen: Mapped[int] = mapped_column(BigInteger, default=0)
+    skipped: Mapped[int] = mapped_column(BigInteger, default=0)
+    total: Mapped[int] = mapped_column(BigInteger, default=0)
+    done: Mapped[int] = mapped_column(BigInteger, default=0)
+    failed: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class TrainingRun(Base):
+    """One training job: its data, outcome and whether it was promoted."""
+
+    __tablename__ = "training_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[str | None] = mapped_column(String(64))
+    data: Mapped[str] = mapped_column(String(4096))
+    arch: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(32), default="running")
+    started: Mapped[datetime] = mapped_column(default=utcnow)
+    finished: Mapped[datetime | None] = mapped_column()
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    baseline_metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    promoted: Mapped[bool] = mapped_column(Boolean, default=False)
+    message: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,33 @@
+"""Sending batches to the broker and measuring the queue for backpressure."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from workers.app import INFERENCE_QUEUE
+
+
+class BrokerQueue:
+    """The inference queue seen from the producer: send batches, read its depth."""
+
+    def __init__(self, app: Celery, store_label: str) -> None:
+        self.app = app
+        self.store_label = store_label
+
+    def send(self, run_id: int, image_ids: list[int]) -> None:
+        """Queue one batch task; Flower shows run, size and store instead of the id list."""
+        self.app.send_task(
+            "catdog.classify_batch",
+            args=[run_id, image_ids],
+            queue=INFERENCE_QUEUE,
+            argsrepr=f"run={run_id} images={len(image_ids)} store={self.store_label}",
+            # A broker restart must not lose what was already sent.
+            retry=True,
+            retry_policy={"max_retries": None, "interval_start": 0.5, "interval_max": 5},
+        )
+
+    def depth(self) -> int:
+        """Messages waiting in the inference queue (not counting ones being worked on)."""
+        with self.app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=None, interval_start=0.5, interval_max=5)
+            return int(conn.default_channel.client.llen(INFERENCE_QUEUE))

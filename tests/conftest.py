@@ -1,0 +1,151 @@
+"""Shared fixtures: generated images, a tiny model, and the real Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+#: The real services on this machine; CI starts them, a laptop may not have them.
+REDIS_URL = os.environ.get("CATDOG_TEST_REDIS", "redis://127.0.0.1:6379")
+POSTGRES_URL = os.environ.get(
+    "CATDOG_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+#: Real photos, when the shared data set sits beside the repository.
+SHARED_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "catsdogs-train"
+
+
+def _service_missing(what: str, exc: Exception) -> None:
+    # dramatiq's rule: a missing server is a skip on a laptop and a failure in CI.
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is required in CI but unavailable: {exc}")
+    pytest.skip(f"{what} unavailable: {exc}")
+
+
+def make_image(path: Path, kind: str, size: tuple[int, int] = (48, 40), seed: int = 0) -> Path:
+    """Write a synthetic 'cat' (red blob) or 'dog' (blue blob) image; format from the suffix."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    arr = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
+    channel = 0 if kind == "cat" else 2
+    arr[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4, channel] = 200 + rng.integers(0, 55)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+@pytest.fixture
+def image_factory(tmp_path: Path) -> Callable[..., Path]:
+    """Make synthetic images under a temporary folder."""
+
+    def make(rel: str, kind: str = "cat", size: tuple[int, int] = (48, 40), seed: int = 0) -> Path:
+        return make_image(tmp_path / rel, kind, size, seed)
+
+    return make
+
+
+@pytest.fixture
+def photo_dir(tmp_path: Path) -> Path:
+    """A store with 6 good images and 2 broken files."""
+    root = tmp_path / "photos"
+    for i in range(3):
+        make_image(root / f"cats/c{i}.jpg", "cat", seed=i)
+        make_image(root / f"dogs/d{i}.png", "dog", seed=10 + i)
+    (root / "broken.jpg").write_bytes(b"this is not a jpeg")
+    (root / "empty.png").write_bytes(b"")
+    (root / "notes.txt").write_text("not an image extension: never registered")
+    return root
+
+
+def build_tiny_model(path: Path, seed: int = 0, bias: tuple[float, float] = (0.0, 0.0)) -> Path:
+    """Save a small untrained-but-deterministic classifier (32x32 -> cat/dog) and its sidecar.
+
+    Its dense layer reads mean red minus mean blue, so red blobs are 'cat', blue are 'dog'.
+    """
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(2, activation="softmax", name="head")(x)
+    model = keras.Model(inputs, outputs)
+    model.get_layer("head").set_weights(
+        [np.array([[8.0, -8.0], [0.0, 0.0], [-8.0, 8.0]], dtype=np.float32), np.array(bias)]
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    meta = {"arch": "tiny", "classes": ["cat", "dog"], "input_size": [32, 32], "metrics": {}}
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model file shared by the session's tests."""
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny.keras")
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A fresh SQLite database file."""
+    return f"sqlite:///{tmp_path / 'catdog.db'}"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A private schema in the real PostgreSQL test database, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL)
+    try:
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except Exception as exc:  # noqa: BLE001 - any connection failure means "no server"
+        _service_missing("PostgreSQL", exc)
+    # libpq's options parameter sets the search_path for every connection of this URL.
+    yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    from db.engine import engine_for
+
+    engine_for.cache_clear()
+    with admin.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A Redis database number of its own, flushed before and after."""
+    import redis
+
+    db = int(os.environ.get("CATDOG_TEST_REDIS_DB", "11"))
+    url = f"{REDIS_URL}/{db}"
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    except Exception as exc:  # noqa: BLE001
+        _service_missing("Redis", exc)
+    yield url
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Set CATDOG_* variables for this test and forget cached settings."""
+    from catdog.settings import get_settings
+
+    def set_env(**values: str) -> None:
+        for key, value in values.items():
+            monkeypatch.setenv(f"CATDOG_{key.upper()}", value)
+        get_settings.cache_clear()
+
+    yield set_env
+    get_settings.cache_clear()

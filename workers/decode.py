@@ -1,0 +1,119 @@
+"""Read an image file once (hash + decode) into a model-sized RGB array, or say why not."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+#: PIL's own bomb check is replaced by ours (a clear reason instead of a warning).
+Image.MAX_IMAGE_PIXELS = None
+#: Truncated files must fail, not decode silently as grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageError(Exception):
+    """An image that cannot be classified; the message is stored as the failure reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A decoded image at model size plus what we learnt about the file on the way."""
+
+    pixels: np.ndarray  # (H, W, 3) uint8 at model input size
+    sha256: str
+    width: int
+    height: int
+
+
+def resolve_inside(store: str, relpath: str, roots: list[Path]) -> Path:
+    """Absolute path of ``relpath`` in ``store``; refuse anything outside the allowed roots.
+
+    ``roots`` empty means the store itself is the boundary. Symlinks are resolved first, so
+    neither ``..`` nor a link can lead a worker out of the stores.
+    """
+    base = Path(store).resolve()
+    candidate = (base / relpath).resolve()
+    allowed = [r.resolve() for r in roots] or [base]
+    if not any(candidate.is_relative_to(root) for root in allowed):
+        raise ImageError("refused: path is outside the configured store roots")
+    if roots and not any(base.is_relative_to(root.resolve()) for root in roots):
+        raise ImageError("refused: store is outside the configured store roots")
+    return candidate
+
+
+def read_file(path: Path, max_bytes: int) -> bytes:
+    """The file's bytes, with readable reasons for the usual failures."""
+    try:
+        size = os.stat(path).st_size
+        if size == 0:
+            raise ImageError("empty file (0 bytes)")
+        if size > max_bytes:
+            raise ImageError(f"file too large ({size} bytes > limit {max_bytes})")
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        raise ImageError("file not found (deleted or moved since the scan)") from None
+    except PermissionError:
+        raise ImageError("permission denied") from None
+    except IsADirectoryError:
+        raise ImageError("is a directory, not an image") from None
+    except OSError as exc:
+        raise ImageError(f"cannot read file: {exc.strerror or exc}") from None
+
+
+def decode(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple[np.ndarray, int, int]:
+    """Decode ``data`` to RGB uint8 at ``size`` (h, w); upright per EXIF; JPEGs at reduced size."""
+    height, width = size
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL warns about odd but readable files
+            img = Image.open(io.BytesIO(data))
+            full_w, full_h = img.size
+            if full_w * full_h > max_pixels:
+                raise ImageError(
+                    f"image too large ({full_w}x{full_h} pixels > limit {max_pixels}); "
+                    "refused as a possible decompression bomb"
+                )
+            if img.format == "JPEG":
+                # Let the JPEG decoder scale by 1/2, 1/4 or 1/8 while decoding: on large
+                # photos this is most of the decoding time saved.
+                img.draft("RGB", (width * 2, height * 2))
+            img.seek(0)  # animated GIF/WebP: the first frame
+            img = ImageOps.exif_transpose(img) or img
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                rgba = img.convert("RGBA")
+                backdrop = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                img = Image.alpha_composite(backdrop, rgba)
+            if img.mode == "I;16" or img.mode.startswith("I;16") or img.mode == "I":
+                arr16 = np.asarray(img, dtype=np.float32)
+                scale = 255.0 / max(float(arr16.max()), 1.0)
+                img = Image.fromarray((arr16 * scale).astype(np.uint8), "L")
+            img = img.convert("RGB")
+            img = img.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=None)
+            pixels = np.asarray(img, dtype=np.uint8)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError("not an image (unrecognised format)") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"refused as a possible decompression bomb: {exc}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        # PIL reports truncation and corrupt streams as OSError/SyntaxError.
+        raise ImageError(f"corrupt or truncated image: {exc}") from None
+    except MemoryError:
+        raise ImageError("image too large to decode in memory") from None
+    return pixels, full_w, full_h
+
+
+def load(path: Path, size: tuple[int, int], max_pixels: int, max_bytes: int) -> Decoded:
+    """Read the file once, hash it, decode it at model size."""
+    data = read_file(path, max_bytes)
+    pixels, width, height = decode(data, size, max_pixels)
+    return Decoded(pixels, hashlib.sha256(data).hexdigest(), width, height)
