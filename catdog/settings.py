@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Where the bundled default model lives inside the installed package.
 BUNDLED_MODEL = Path(__file__).parent / "models" / "default.keras"
@@ -30,7 +32,8 @@ class Settings(BaseSettings):
     #: Where the model registry keeps versioned model files.
     models_dir: Path = Path("models")
     #: Roots workers may read from; files outside them are refused. Empty: any scanned root.
-    store_roots: list[Path] = Field(default_factory=list)
+    #: NoDecode: the env value reaches _split_roots as text instead of failing JSON parsing.
+    store_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     #: Images per queued batch task: big enough to amortise task overhead, small enough to
     #: redeliver cheaply after a worker dies.
     batch_size: int = 256
@@ -64,7 +67,9 @@ class Settings(BaseSettings):
     @classmethod
     def _split_roots(cls, value: object) -> object:
         # Environment variables are strings: accept "a:b" (os.pathsep) as well as JSON lists.
-        if isinstance(value, str) and not value.lstrip().startswith("["):
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
             return [p for p in value.split(":") if p]
         return value
 
