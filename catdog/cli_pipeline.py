@@ -83,7 +83,8 @@ def classify(
 @click.argument("root", type=click.Path(path_type=Path))
 @click.option("--wait", is_flag=True, help="Show progress and return when the run is done.")
 @click.option("--relabel", is_flag=True, help="Re-label images labeled by an older model.")
-def scan_cmd(root: Path, wait: bool, relabel: bool) -> None:
+@click.option("--retry-failed", is_flag=True, help="Queue images that failed before again.")
+def scan_cmd(root: Path, wait: bool, relabel: bool, retry_failed: bool) -> None:
     """Register images under ROOT and queue batches for the workers."""
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
@@ -107,7 +108,9 @@ def scan_cmd(root: Path, wait: bool, relabel: bool) -> None:
         def progress(seen: int, queued: int) -> None:
             bar.update(task, description=f"scanning: {seen} files, {queued} queued")
 
-        summary = scan(sessions, settings, [store], queue.send, queue.depth, relabel, progress)
+        summary = scan(
+            sessions, settings, [store], queue.send, queue.depth, relabel, retry_failed, progress
+        )
     click.echo(
         f"run {summary.run_id}: {summary.files_seen} files, {summary.queued} queued, "
         f"{summary.skipped} already labeled"

@@ -60,12 +60,14 @@ def register_images(
     entries: Sequence[FileEntry],
     model_version_id: int,
     relabel: bool = False,
+    retry_failed: bool = False,
 ) -> tuple[list[int], list[int]]:
     """Register files of one store; return (ids that need labeling, ids skipped as done).
 
-    An image is skipped when it is unchanged since registration and already has a successful
-    prediction: by any model, or with ``relabel`` by ``model_version_id`` itself. A changed file
-    (size or mtime) loses its old predictions, which described other pixels.
+    An image is skipped when it is unchanged since registration and already has a result: by
+    any model, or with ``relabel`` by ``model_version_id`` itself. A recorded failure counts as
+    a result (a broken file stays broken) unless ``retry_failed``. A changed file (size or
+    mtime) loses its old predictions, which described other pixels.
     """
     by_path = {e.path: e for e in entries}
     known: dict[str, tuple[int, int, float]] = {}
@@ -108,7 +110,9 @@ def register_images(
     unchanged = [known[p][0] for p in known if p not in changed_paths]
     labeled: set[int] = set()
     for chunk in _chunks(unchanged):
-        cond = [Prediction.image_id.in_(chunk), Prediction.error.is_(None)]
+        cond = [Prediction.image_id.in_(chunk)]
+        if retry_failed:
+            cond.append(Prediction.error.is_(None))
         if relabel:
             cond.append(Prediction.model_version_id == model_version_id)
         labeled.update(session.scalars(select(Prediction.image_id).where(and_(*cond))))

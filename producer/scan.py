@@ -71,6 +71,7 @@ def scan(
     send: Send,
     queue_depth: QueueDepth | None = None,
     relabel: bool = False,
+    retry_failed: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
     keep_ids: bool = False,
 ) -> ScanSummary:
@@ -99,7 +100,9 @@ def scan(
     for store in stores:
         for chunk in _chunks(store.walk(), REGISTER_CHUNK):
             with sessions.begin() as session:
-                todo, skipped = register_images(session, store.root, chunk, version_id, relabel)
+                todo, skipped = register_images(
+                    session, store.root, chunk, version_id, relabel, retry_failed
+                )
                 # Counters are increments in SQL: workers update the same row concurrently.
                 session.execute(
                     update(ScanRun)

@@ -62,7 +62,10 @@ class LocalStore:
                 if e.is_dir(follow_symlinks=False):
                     yield from self._walk_dir(e.path, rel + "/")
                 elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
-                    st = e.stat()
+                    try:
+                        st = e.stat()
+                    except FileNotFoundError:  # a dangling link: the worker records why
+                        st = e.stat(follow_symlinks=False)
                     yield FileEntry(rel, st.st_size, st.st_mtime)
             except OSError:
                 continue  # vanished or unreadable entry: skip, the walk goes on

@@ -149,3 +149,100 @@ def env(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
 
     yield set_env
     get_settings.cache_clear()
+
+
+class WorkerProcess:
+    """A real ``catdog worker`` process, as a user would start it."""
+
+    def __init__(self, env: dict[str, str], queues: str, log: Path, name: str) -> None:
+        import subprocess
+        import sys
+
+        self.log = log
+        self.name = name
+        self._fh = log.open("w")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "catdog",
+                "worker",
+                "-Q",
+                queues,
+                "-n",
+                f"{name}@%h",
+                "--loglevel",
+                "INFO",
+            ],
+            env=env,
+            stdout=self._fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Block until the worker logs that it is ready to consume."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "ready." in self.log.read_text():
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        raise TimeoutError(f"worker not ready:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self, sig: int | None = None, timeout: float = 30) -> None:
+        """Send ``sig`` (SIGTERM by default) and wait for the process to end."""
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig or signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._fh.close()
+
+
+@pytest.fixture
+def cluster_env(redis_url: str, postgres_url: str, tiny_model: Path) -> dict[str, str]:
+    """Environment of a cluster on the real Redis and PostgreSQL, with the tiny model."""
+    from db.engine import make_engine
+    from db.migrate import upgrade
+
+    engine = make_engine(postgres_url)
+    upgrade(engine)
+    engine.dispose()
+    return {
+        **os.environ,
+        "CATDOG_BROKER_URL": redis_url,
+        "CATDOG_DATABASE_URL": postgres_url,
+        "CATDOG_MODEL": str(tiny_model),
+        "CATDOG_BATCH_SIZE": "4",
+        "CATDOG_VISIBILITY_TIMEOUT": "5",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+
+
+@pytest.fixture
+def worker_factory(
+    cluster_env: dict[str, str], tmp_path: Path
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start real worker processes; every one still running is stopped at teardown."""
+    started: list[WorkerProcess] = []
+
+    def start(queues: str = "inference", wait: bool = True, **env: str) -> WorkerProcess:
+        name = f"w{len(started)}-{uuid.uuid4().hex[:6]}"
+        w = WorkerProcess({**cluster_env, **env}, queues, tmp_path / f"{name}.log", name)
+        started.append(w)
+        if wait:
+            w.wait_ready()
+        return w
+
+    yield start
+    for w in started:
+        w.stop()

@@ -1,0 +1,5 @@
+"""``python -m catdog`` is the ``catdog`` command."""
+
+from catdog.cli import main
+
+main()

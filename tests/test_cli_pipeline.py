@@ -1,0 +1,108 @@
+"""The embedded commands, run as a user runs them, checked against the database rows."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import create_engine, func, select
+
+from catdog.cli import main
+from db.models import Prediction
+
+
+@pytest.fixture
+def runner(env, sqlite_url) -> CliRunner:
+    """A CLI runner on a fresh SQLite database."""
+    env(database_url=sqlite_url)
+    return CliRunner()
+
+
+def test_classify_prints_one_jsonl_row_per_image(runner, photo_dir, tiny_model, sqlite_url):
+    """Good images get a label and confidence; broken ones an error; rows land in SQLite."""
+    result = runner.invoke(
+        main, ["classify", str(photo_dir), "--model", str(tiny_model), "--format", "jsonl"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    by_name = {Path(r["path"]).name: r for r in rows}
+    assert len(rows) == 8
+    assert by_name["c0.jpg"]["label"] == "cat" and 0.5 < by_name["c0.jpg"]["confidence"] <= 1
+    assert by_name["d1.png"]["label"] == "dog" and "error" not in by_name["d1.png"]
+    assert (
+        by_name["broken.jpg"]["label"] is None and "not an image" in by_name["broken.jpg"]["error"]
+    )
+    with create_engine(sqlite_url).connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(Prediction)) == 8
+
+
+def test_classify_csv_and_export_share_columns(runner, photo_dir, tiny_model):
+    """export writes the same columns and rows as classify printed."""
+    first = runner.invoke(
+        main, ["classify", str(photo_dir), "--model", str(tiny_model), "--format", "csv"]
+    )
+    exported = runner.invoke(main, ["export", "--format", "csv"])
+    assert first.exit_code == 0 and exported.exit_code == 0
+    a = list(csv.DictReader(io.StringIO(first.stdout)))
+    b = list(csv.DictReader(io.StringIO(exported.stdout)))
+    assert list(a[0]) == ["path", "label", "confidence", "error", "model_version"]
+    assert sorted(map(str, a)) == sorted(map(str, b))
+
+
+def test_classify_on_a_missing_path_says_so(runner, tmp_path):
+    """A path that does not exist is a clear error, exit code 2."""
+    result = runner.invoke(main, ["classify", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "path not found" in result.stderr
+
+
+def test_classify_on_an_empty_folder_says_so(runner, tmp_path, tiny_model):
+    """A folder with no images is reported, not silently accepted."""
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(main, ["classify", str(tmp_path / "empty"), "--model", str(tiny_model)])
+    assert result.exit_code == 1 and "no images found" in result.stderr
+
+
+def test_classify_without_any_model_explains_how_to_get_one(
+    runner, photo_dir, monkeypatch, tmp_path
+):
+    """With no bundled model and none registered, the message names the way out."""
+    monkeypatch.setattr("training.registry.BUNDLED_MODEL", tmp_path / "absent.keras")
+    result = runner.invoke(main, ["classify", str(photo_dir)])
+    assert result.exit_code == 2 and "catdog train" in result.stderr
+
+
+def test_scan_without_a_broker_points_to_classify(runner, photo_dir):
+    """scan needs a broker; the error says what to do instead."""
+    result = runner.invoke(main, ["scan", str(photo_dir)])
+    assert result.exit_code == 2 and "catdog classify" in result.stderr
+
+
+def test_the_installed_command_runs_classify_end_to_end(photo_dir, tiny_model, tmp_path):
+    """The console script, in a fresh process, classifies and exits 0."""
+    env = {**os.environ, "CATDOG_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "catdog",
+            "classify",
+            str(photo_dir / "cats"),
+            "--model",
+            str(tiny_model),
+            "--format",
+            "jsonl",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
+    assert [json.loads(x)["label"] for x in out.stdout.splitlines()] == ["cat"] * 3

@@ -1,0 +1,58 @@
+"""End to end: a real worker process, Redis and PostgreSQL, driven by `catdog scan --wait`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, func, select
+
+from db.models import Prediction, ScanRun
+
+pytestmark = [pytest.mark.services, pytest.mark.slow]
+
+
+def _catdog(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "catdog", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_scan_wait_labels_every_image_exactly_once(
+    worker_factory, cluster_env, photo_dir, image_factory, postgres_url
+):
+    """Good images are labeled, broken ones failed with a reason, each exactly once."""
+    for i in range(10):
+        image_factory(f"photos/more/m{i}.jpg", "dog" if i % 2 else "cat", seed=100 + i)
+    worker_factory()
+    result = _catdog(cluster_env, "scan", str(photo_dir), "--wait")
+    assert result.returncode == 0, result.stderr
+    engine = create_engine(postgres_url)
+    with engine.connect() as conn:
+        preds = conn.execute(select(Prediction.image_id, Prediction.label, Prediction.error)).all()
+        run = conn.execute(select(ScanRun)).one()
+    assert len(preds) == 18 and len({p.image_id for p in preds}) == 18
+    assert sum(p.error is not None for p in preds) == 2
+    assert (run.done, run.failed, run.total) == (16, 2, 18) and run.finished is not None
+
+    again = _catdog(cluster_env, "scan", str(photo_dir), "--wait")
+    assert again.returncode == 0 and "0 queued" in again.stdout
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(Prediction)) == 18
+    exported = _catdog(cluster_env, "export", "--format", "jsonl")
+    assert len(exported.stdout.splitlines()) == 18
+    engine.dispose()
+
+
+def test_status_shows_the_finished_run(worker_factory, cluster_env, photo_dir: Path):
+    """`catdog status` lists the run with its counts once it is done."""
+    worker_factory()
+    assert _catdog(cluster_env, "scan", str(photo_dir), "--wait").returncode == 0
+    out = _catdog(cluster_env, "status").stdout
+    assert "finished" in out and "6" in out

@@ -1,0 +1,118 @@
+"""The batch function without a broker: labels, failures with reasons, exactly-once rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from catdog.settings import Settings
+from db.migrate import upgrade
+from db.models import Image, Prediction, ScanRun
+from producer.scan import scan
+from producer.stores import LocalStore
+from workers.inference import InferenceContext, classify_batch
+
+
+def _context(url: str, model: Path, **extra: object) -> InferenceContext:
+    settings = Settings(database_url=url, model=model, batch_size=4, **extra)  # type: ignore[arg-type]
+    ctx = InferenceContext.create(settings)
+    upgrade(ctx.engine)
+    return ctx
+
+
+def test_a_scan_labels_good_images_and_records_broken_ones(photo_dir, sqlite_url, tiny_model):
+    """Every registered file ends with a label or a failure reason, and counters agree."""
+    ctx = _context(sqlite_url, tiny_model)
+    summary = scan(
+        ctx.sessions,
+        ctx.settings,
+        [LocalStore(photo_dir)],
+        lambda run, ids: classify_batch(ctx, run, ids),
+    )
+    with ctx.sessions() as s:
+        rows = {
+            path: (p.label, p.error)
+            for path, p in s.execute(select(Image.path, Prediction).join(Prediction))
+        }
+        run = s.get(ScanRun, summary.run_id)
+        assert (run.done, run.failed, run.total) == (6, 2, 8) and run.finished is not None
+    assert {rows[f"cats/c{i}.jpg"][0] for i in range(3)} == {"cat"}
+    assert {rows[f"dogs/d{i}.png"][0] for i in range(3)} == {"dog"}
+    assert rows["broken.jpg"] == (None, "not an image (unrecognised format)")
+    assert rows["empty.png"] == (None, "empty file (0 bytes)")
+    assert "notes.txt" not in rows
+    ctx.close()
+
+
+def test_a_second_scan_sends_nothing(photo_dir, sqlite_url, tiny_model):
+    """Images with a result (label or failure) and unchanged are not queued again."""
+    ctx = _context(sqlite_url, tiny_model)
+    sent: list[list[int]] = []
+
+    def send(run: int, ids: list[int]) -> None:
+        sent.append(ids)
+        classify_batch(ctx, run, ids)
+
+    scan(ctx.sessions, ctx.settings, [LocalStore(photo_dir)], send)
+    sent.clear()
+    second = scan(ctx.sessions, ctx.settings, [LocalStore(photo_dir)], send)
+    assert sent == [] and second.queued == 0 and second.skipped == 8
+    retry = scan(ctx.sessions, ctx.settings, [LocalStore(photo_dir)], send, retry_failed=True)
+    assert retry.queued == 2 and len(sent) == 1
+    with ctx.sessions() as s:
+        assert s.get(ScanRun, second.run_id).finished is not None
+    ctx.close()
+
+
+def test_the_same_batch_twice_leaves_one_result_per_image(photo_dir, sqlite_url, tiny_model):
+    """A redelivered batch (worker killed after commit, before ack) duplicates nothing."""
+    ctx = _context(sqlite_url, tiny_model)
+    batches: list[tuple[int, list[int]]] = []
+    scan(
+        ctx.sessions,
+        ctx.settings,
+        [LocalStore(photo_dir)],
+        lambda run, ids: batches.append((run, ids)),
+    )
+    for run, ids in batches + batches:
+        classify_batch(ctx, run, ids)
+    with ctx.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Prediction)) == 8
+        run = s.get(ScanRun, batches[0][0])
+        assert run.done + run.failed == 8
+    ctx.close()
+
+
+def test_low_confidence_is_labeled_uncertain(photo_dir, sqlite_url, tiny_model):
+    """With a threshold above every confidence, labels become 'uncertain'."""
+    ctx = _context(sqlite_url, tiny_model, confidence_threshold=0.999)
+    scan(
+        ctx.sessions,
+        ctx.settings,
+        [LocalStore(photo_dir)],
+        lambda run, ids: classify_batch(ctx, run, ids),
+    )
+    with ctx.sessions() as s:
+        labels = set(s.scalars(select(Prediction.label).where(Prediction.error.is_(None))))
+    assert labels == {"uncertain"}
+    ctx.close()
+
+
+def test_files_outside_configured_roots_are_failed_not_read(
+    photo_dir, tmp_path, sqlite_url, tiny_model
+):
+    """A store outside CATDOG_STORE_ROOTS gets refusals, never labels."""
+    allowed = tmp_path / "elsewhere"
+    allowed.mkdir()
+    ctx = _context(sqlite_url, tiny_model, store_roots=[allowed])
+    scan(
+        ctx.sessions,
+        ctx.settings,
+        [LocalStore(photo_dir)],
+        lambda run, ids: classify_batch(ctx, run, ids),
+    )
+    with ctx.sessions() as s:
+        errors = set(s.scalars(select(Prediction.error)))
+    assert errors == {"refused: path is outside the configured store roots"}
+    ctx.close()

@@ -1,0 +1,130 @@
+"""Registration, skip logic and the idempotent bulk upsert, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.engine import make_engine, session_factory
+from db.migrate import upgrade
+from db.models import ModelVersion, Prediction, ScanRun
+from db.queries import FileEntry, Outcome, register_images, save_outcomes
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sessions(request: pytest.FixtureRequest) -> sessionmaker[Session]:
+    """A migrated database of each supported kind."""
+    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
+    engine = make_engine(url)
+    upgrade(engine)
+    yield session_factory(engine)
+    engine.dispose()
+
+
+def _version(session: Session, name: str = "v1") -> int:
+    row = ModelVersion(
+        version=name,
+        file="m.keras",
+        sha256=name,
+        arch="tiny",
+        classes=["cat", "dog"],
+        input_size=[32, 32],
+        metrics={},
+    )
+    session.add(row)
+    session.flush()
+    return row.id
+
+
+def _run(session: Session, total: int) -> int:
+    run = ScanRun(
+        root="/r", relabel=False, files_seen=total, skipped=0, total=total, done=0, failed=0
+    )
+    session.add(run)
+    session.flush()
+    return run.id
+
+
+ENTRIES = [FileEntry(f"img{i}.jpg", 100 + i, 1.0) for i in range(5)]
+
+
+def test_new_files_are_registered_once_and_all_need_work(sessions):
+    """Registering the same files twice yields the same ids and no duplicates."""
+    with sessions.begin() as s:
+        v = _version(s)
+        todo, skipped = register_images(s, "/r", ENTRIES, v)
+    with sessions.begin() as s:
+        again, skipped2 = register_images(s, "/r", ENTRIES, v)
+    assert len(todo) == 5 and skipped == [] and sorted(again) == sorted(todo)
+    assert skipped2 == []
+
+
+def test_labeled_unchanged_files_are_skipped_and_changed_ones_are_not(sessions):
+    """A result skips the image until its size or mtime changes; failures only by default."""
+    with sessions.begin() as s:
+        v = _version(s)
+        ids, _ = register_images(s, "/r", ENTRIES, v)
+        save_outcomes(
+            s,
+            None,
+            v,
+            [Outcome(i, "cat", 0.9) for i in ids[:3]] + [Outcome(ids[3], error="corrupt")],
+        )
+    changed = [FileEntry("img0.jpg", 999, 2.0), *ENTRIES[1:]]
+    with sessions.begin() as s:
+        todo, skipped = register_images(s, "/r", changed, v, retry_failed=True)
+        left = s.scalar(
+            select(func.count()).select_from(Prediction).where(Prediction.image_id == ids[0])
+        )
+    assert sorted(skipped) == sorted(ids[1:3])
+    assert sorted(todo) == sorted([ids[0], ids[3], ids[4]])  # changed, failed, never done
+    assert left == 0  # the changed file's old label is gone
+    with sessions.begin() as s:
+        todo_default, _ = register_images(s, "/r", changed, v)
+    assert sorted(todo_default) == sorted([ids[0], ids[4]])  # the failure stays recorded
+
+
+def test_relabel_skips_only_images_labeled_by_the_given_version(sessions):
+    """With relabel, a label from an older model no longer counts as done."""
+    with sessions.begin() as s:
+        old, new = _version(s, "old"), _version(s, "new")
+        ids, _ = register_images(s, "/r", ENTRIES, old)
+        save_outcomes(s, None, old, [Outcome(i, "cat", 0.9) for i in ids])
+    with sessions.begin() as s:
+        todo_plain, _ = register_images(s, "/r", ENTRIES, new)
+        todo_relabel, _ = register_images(s, "/r", ENTRIES, new, relabel=True)
+    assert todo_plain == [] and sorted(todo_relabel) == sorted(ids)
+
+
+def test_a_redelivered_batch_changes_nothing_and_counts_nothing(sessions):
+    """Saving the same outcomes twice in one run leaves one row each and exact counters."""
+    with sessions.begin() as s:
+        v = _version(s)
+        ids, _ = register_images(s, "/r", ENTRIES, v)
+        run = _run(s, total=5)
+        s.execute(ScanRun.__table__.update().values(enqueued=func.now()))
+    batch = [Outcome(i, "dog", 0.8) for i in ids[:4]] + [Outcome(ids[4], error="truncated")]
+    with sessions.begin() as s:
+        first = save_outcomes(s, run, v, batch)
+    with sessions.begin() as s:
+        second = save_outcomes(s, run, v, batch)
+    with sessions() as s:
+        rows = s.scalar(select(func.count()).select_from(Prediction))
+        r = s.get(ScanRun, run)
+        assert (r.done, r.failed) == (4, 1) and r.finished is not None
+    assert first == (4, 1) and second == (0, 0) and rows == 5
+
+
+def test_a_later_run_takes_over_a_failed_image_and_counts_it(sessions):
+    """A retry in a new run overwrites the failure and counts for the new run."""
+    with sessions.begin() as s:
+        v = _version(s)
+        ids, _ = register_images(s, "/r", ENTRIES[:1], v)
+        run1, run2 = _run(s, 1), _run(s, 1)
+        save_outcomes(s, run1, v, [Outcome(ids[0], error="file not found")])
+    with sessions.begin() as s:
+        assert save_outcomes(s, run2, v, [Outcome(ids[0], "cat", 0.7)]) == (1, 0)
+    with sessions() as s:
+        pred = s.scalars(select(Prediction)).one()
+        assert (pred.label, pred.error, pred.run_id) == ("cat", None, run2)
