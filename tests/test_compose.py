@@ -1,0 +1,221 @@
+"""docker-compose.yml, .env.example and the Dockerfiles, checked without a Docker engine."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import yaml
+from pydantic import SecretStr
+
+from catdog.cli import main
+from catdog.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+DOCKERFILES = [ROOT / "docker" / "Dockerfile", ROOT / "docker" / "Dockerfile.gpu"]
+#: Where compose mounts the image store in every catdog container.
+STORE_MOUNT = "/data"
+
+
+@pytest.fixture(scope="module")
+def services() -> dict[str, dict[str, Any]]:
+    """The compose services, YAML anchors and merge keys resolved."""
+    return yaml.safe_load(COMPOSE.read_text())["services"]
+
+
+def catdog_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Services that run the catdog image (built from docker/)."""
+    return {
+        name: spec
+        for name, spec in services.items()
+        if spec.get("build", {}).get("dockerfile", "").startswith("docker/")
+    }
+
+
+def parse_command(argv: list[str]) -> click.Command:
+    """Resolve ``catdog ARGV`` to its command and parse its options; raise if either is wrong."""
+    command: click.Command = main
+    args = list(argv)
+    while isinstance(command, click.Group):
+        assert args, f"catdog {' '.join(argv)} names no subcommand"
+        name = args.pop(0)
+        assert name in command.commands, f"catdog has no command {name!r} ({' '.join(argv)})"
+        command = command.commands[name]
+    with command.make_context(command.name or "", args) as _:
+        pass
+    return command
+
+
+def gpu_reserved(spec: dict[str, Any]) -> bool:
+    """True when the service reserves a GPU through deploy.resources.reservations.devices."""
+    devices = spec.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices")
+    return any("gpu" in device.get("capabilities", []) for device in devices or [])
+
+
+def test_the_catdog_services_cover_the_cluster(services: dict[str, dict[str, Any]]) -> None:
+    """Broker, database, migrations, workers, trainer, Flower, metrics and producer are there."""
+    assert {"redis", "postgres"} <= set(services)
+    assert {"migrate", "worker", "trainer", "flower", "metrics", "producer"} <= set(
+        catdog_services(services)
+    )
+
+
+def test_every_service_command_is_a_real_catdog_command(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """Each catdog service's command parses as a ``catdog`` subcommand with valid options."""
+    commands = {name: spec["command"] for name, spec in catdog_services(services).items()}
+    for name, argv in commands.items():
+        if name != "producer":  # its command comes from `docker compose run`
+            parse_command(argv)
+    assert parse_command(["db", "upgrade"]).name == "upgrade"
+    assert commands["worker"][:3] == ["worker", "--queues", "inference"]
+    assert commands["trainer"][:3] == ["worker", "--queues", "training"]
+    # What the README tells users to run as a one-off.
+    assert parse_command(["scan", STORE_MOUNT, "--wait"]).name == "scan"
+
+
+def test_every_catdog_variable_is_a_settings_field() -> None:
+    """Every CATDOG_* variable compose, .env.example or an image sets is one Settings reads."""
+    texts = [COMPOSE.read_text(), ENV_EXAMPLE.read_text(), *(p.read_text() for p in DOCKERFILES)]
+    names = {name for text in texts for name in re.findall(r"\bCATDOG_[A-Z0-9_]+", text)}
+    assert names, "no CATDOG_ variables found"
+    unknown = {n for n in names if n.removeprefix("CATDOG_").lower() not in Settings.model_fields}
+    assert not unknown, f"not fields of catdog.settings.Settings: {sorted(unknown)}"
+
+
+def test_the_example_env_values_are_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CATDOG_* values in .env.example pass Settings' own validation."""
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.startswith("CATDOG_"):
+            monkeypatch.setenv(key, value)
+    Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_gpu_services_reserve_a_gpu_and_run_the_gpu_image(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """Services built from Dockerfile.gpu, and only those, reserve a GPU; each runs one process."""
+    gpu = {
+        name
+        for name, spec in catdog_services(services).items()
+        if spec["build"]["dockerfile"] == "docker/Dockerfile.gpu"
+    }
+    assert {"worker", "trainer"} <= gpu
+    reserving = {name for name, spec in services.items() if gpu_reserved(spec)}
+    assert reserving == gpu
+    for name in gpu:
+        devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert [d.get("count") for d in devices] == [1], name
+        argv = services[name]["command"]
+        assert argv[argv.index("--concurrency") + 1] == "1", name
+
+
+def test_image_stores_are_mounted_read_only(services: dict[str, dict[str, Any]]) -> None:
+    """Every mount of the image store is read-only, and workers only read under it."""
+    mounts = [
+        (name, volume)
+        for name, spec in catdog_services(services).items()
+        for volume in spec.get("volumes", [])
+        if f":{STORE_MOUNT}" in volume or "IMAGE_STORE" in volume
+    ]
+    assert {"worker", "trainer", "producer"} <= {name for name, _ in mounts}
+    for name, volume in mounts:
+        assert volume.endswith(":ro"), f"{name} mounts the image store writable: {volume}"
+    for name in ("worker", "producer"):
+        assert services[name]["environment"]["CATDOG_STORE_ROOTS"] == STORE_MOUNT
+
+
+def test_models_live_on_one_shared_volume(services: dict[str, dict[str, Any]]) -> None:
+    """Workers, trainer and producer share the models volume at CATDOG_MODELS_DIR."""
+    for name in ("worker", "trainer", "producer", "migrate"):
+        spec = services[name]
+        models_dir = spec["environment"]["CATDOG_MODELS_DIR"]
+        assert f"models:{models_dir}" in spec["volumes"], name
+
+
+def test_flower_requires_basic_auth_and_keeps_its_state(
+    services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """Flower gets a required login from the environment and a state file on a volume."""
+    from catdog.cli_ops import flower_argv
+
+    flower = services["flower"]
+    assert flower["environment"]["CATDOG_FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
+    state = Path(flower["environment"]["CATDOG_FLOWER_DB"])
+    assert any(v.split(":")[1] == str(state.parent) for v in flower["volumes"])
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        broker_url=SecretStr("redis://redis:6379/0"),
+        flower_basic_auth=SecretStr("ops:s3cret-Pa55"),
+        flower_db=tmp_path / "flower" / "flower.db",
+    )
+    argv = flower_argv(settings, 5555, flower["command"][flower["command"].index("--address") + 1])
+    assert "--basic_auth=ops:s3cret-Pa55" in argv
+    assert "--persistent=True" in argv
+
+
+@pytest.mark.parametrize("auth", [None, "admin:change-me", "ops:s3cret,admin:"])
+def test_flower_refuses_an_open_or_placeholder_login_off_loopback(auth: str | None) -> None:
+    """On a public address Flower needs real passwords; on loopback it may run without."""
+    from catdog.cli_ops import flower_argv
+
+    secret = None if auth is None else SecretStr(auth)
+    settings = Settings(_env_file=None, flower_basic_auth=secret)  # type: ignore[call-arg]
+    with pytest.raises(click.ClickException):
+        flower_argv(settings, 5555, "0.0.0.0")
+    assert flower_argv(settings, 5555, "127.0.0.1")[0] == "flower"
+
+
+def test_long_running_services_restart_and_report_health(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """Every service but the one-offs restarts on failure and has a healthcheck."""
+    one_off = {"migrate", "producer"}
+    for name, spec in services.items():
+        if name in one_off:
+            assert spec["restart"] == "no", name
+            continue
+        assert spec.get("restart") in ("unless-stopped", "always", "on-failure"), name
+        assert spec.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+
+
+def test_worker_healthchecks_ping_the_node_their_command_starts(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """A worker's healthcheck pings ``catdog-<queue>@host``, the node ``catdog worker`` starts."""
+    for name, spec in catdog_services(services).items():
+        argv = spec["command"]
+        if argv[0] != "worker":
+            continue
+        queue = argv[argv.index("--queues") + 1]
+        assert f"-d catdog-{queue}@$$HOSTNAME" in " ".join(spec["healthcheck"]["test"]), name
+
+
+def test_the_producer_is_a_one_off_tool(services: dict[str, dict[str, Any]]) -> None:
+    """The producer only runs through ``docker compose run`` (profile tools)."""
+    assert services["producer"]["profiles"] == ["tools"]
+
+
+def test_images_run_catdog_as_a_non_root_user_from_a_multi_stage_build() -> None:
+    """Both Dockerfiles build in one stage, run in another, as a named non-root user."""
+    for dockerfile in DOCKERFILES:
+        text = dockerfile.read_text()
+        assert len(re.findall(r"^FROM ", text, re.M)) >= 2, dockerfile
+        assert "COPY --from=build" in text, dockerfile
+        users = re.findall(r"^USER (\S+)", text, re.M)
+        assert users and users[-1] not in ("root", "0"), dockerfile
+        assert 'ENTRYPOINT ["catdog"]' in text, dockerfile
+    assert "[gpu]" in DOCKERFILES[1].read_text()
+
+
+def test_the_build_context_leaves_out_secrets_and_local_state() -> None:
+    """.dockerignore keeps .env, the virtualenv, git and databases out of the images."""
+    ignored = set((ROOT / ".dockerignore").read_text().split())
+    assert {".env", ".venv", ".git", "*.db"} <= ignored
