@@ -1,0 +1,343 @@
+"""Training commands: explore, train, evaluate, retrain and the model registry.
+
+TensorFlow is imported inside the commands that need it, never at import time.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+#: Seconds between polls of a queued training job's state (``retrain --wait``).
+POLL_SECONDS = 2.0
+ARCH_CHOICE = click.Choice(["scratch", "lite0", "tiny"])
+
+
+def _fail(exc: Exception) -> click.ClickException:
+    return click.ClickException(str(exc))
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from training.datasets import DatasetError
+    from training.registry import ModelNotFound
+
+    return (DatasetError, ModelNotFound, ValueError, FileNotFoundError)
+
+
+def _session() -> Any:
+    from catdog.settings import get_settings
+    from db.engine import engine_for, session_factory
+    from db.migrate import upgrade
+
+    engine = engine_for(get_settings().database())
+    upgrade(engine)
+    return session_factory(engine)()
+
+
+@click.command()
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("explore"),
+    show_default=True,
+    help="Folder for report.html and its plots.",
+)
+@click.option(
+    "--sample",
+    type=int,
+    default=None,
+    help="Look at most at this many images (default: all up to 30,000).",
+)
+def explore(data: Path, out_dir: Path, sample: int | None) -> None:
+    """Write an exploration report of the labeled images in DATA."""
+    from training.explore import DEFAULT_SAMPLE
+    from training.explore import explore as run
+
+    try:
+        report = run(data, out_dir, sample=sample or DEFAULT_SAMPLE)
+    except _user_errors() as exc:
+        raise _fail(exc) from exc
+    click.echo(f"report: {report}")
+
+
+@click.command()
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Labeled images: class folders or cat.N.jpg names.",
+)
+@click.option("--arch", type=ARCH_CHOICE, default="scratch", show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Default: per arch.")
+@click.option(
+    "--input-size",
+    type=click.IntRange(16),
+    default=None,
+    help="Square input side in pixels (default: per arch).",
+)
+@click.option("--batch-size", type=click.IntRange(1), default=None)
+@click.option(
+    "--widths", default=None, help="scratch only: stem and block filters, e.g. 32,64,128."
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output folder (default: runs/ARCH).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+def train(
+    data: Path,
+    arch: str,
+    epochs: int | None,
+    input_size: int | None,
+    batch_size: int | None,
+    widths: str | None,
+    out_dir: Path | None,
+    seed: int,
+) -> None:
+    """Train a model locally; writes model.keras, model.json, history and report.html."""
+    from rich.console import Console
+
+    from training.datasets import discover
+
+    try:
+        discover(data)  # fail on bad data before TensorFlow loads
+        parsed = tuple(int(w) for w in widths.split(",")) if widths else None
+    except _user_errors() as exc:
+        raise _fail(exc) from exc
+    from training.train import train as run
+
+    console = Console(stderr=True)
+    try:
+        result = run(
+            data,
+            out_dir or Path("runs") / arch,
+            arch=arch,
+            epochs=epochs,
+            input_size=input_size,
+            batch_size=batch_size,
+            seed=seed,
+            widths=parsed,
+            console=console,
+        )
+    except _user_errors() as exc:
+        raise _fail(exc) from exc
+    m = result.metrics
+    click.echo(
+        f"model: {result.model_file}\nreport: {result.report}\n"
+        f"validation: accuracy {m['accuracy']:.4f}  roc_auc {m['roc_auc'] or 0:.4f}  "
+        f"log_loss {m['log_loss']:.4f}  n {m['n']}\n"
+        f"training time: {result.training_seconds:.0f} s"
+    )
+
+
+def _default_model() -> Path:
+    from catdog.settings import get_settings
+    from training import registry
+
+    with _session() as session:
+        return Path(registry.current_version(session, get_settings()).file)
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """Metrics as aligned text: headline numbers, then one line per class."""
+    lines = [
+        f"{k:<20}{metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k:<20}{metrics[k]}"
+        for k in (
+            "n",
+            "accuracy",
+            "precision",
+            "recall",
+            "f1",
+            "roc_auc",
+            "log_loss",
+            "ece",
+            "threshold",
+            "uncertain_rate",
+            "accuracy_when_sure",
+            "unreadable",
+        )
+        if k in metrics and metrics[k] is not None
+    ]
+    lines.append(f"{'class':<12}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
+    for name, m in metrics["per_class"].items():
+        lines.append(
+            f"{name:<12}{m['precision']:>10.4f}{m['recall']:>10.4f}{m['f1']:>10.4f}"
+            f"{m['support']:>10}"
+        )
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option("--data", type=click.Path(path_type=Path), required=True)
+@click.option(
+    "--model",
+    "model_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A .keras file (default: CATDOG_MODEL, else the production model).",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Count images below this confidence as uncertain.",
+)
+def evaluate(data: Path, model_file: Path | None, fmt: str, threshold: float | None) -> None:
+    """Metrics of a model on the labeled images in DATA."""
+    from training.datasets import discover
+
+    try:
+        discover(data)
+        model_file = model_file or _default_model()
+        if not model_file.is_file():
+            raise FileNotFoundError(f"model file not found: {model_file}")
+        from training.evaluate import evaluate as run
+
+        metrics = run(model_file, data, threshold=threshold)
+    except _user_errors() as exc:
+        raise _fail(exc) from exc
+    click.echo(json.dumps(metrics, indent=2) if fmt == "json" else format_metrics(metrics))
+
+
+@click.command()
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Labeled images, as seen by the training worker (default: the data of the current model).",
+)
+@click.option("--arch", type=ARCH_CHOICE, default="scratch", show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=None)
+@click.option("--input-size", type=click.IntRange(16), default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Promote the new model even if it is not better.")
+@click.option("--wait", is_flag=True, help="Show the job's progress and wait for its result.")
+def retrain(
+    data: Path | None,
+    arch: str,
+    epochs: int | None,
+    input_size: int | None,
+    seed: int,
+    force: bool,
+    wait: bool,
+) -> None:
+    """Queue a training job on the training worker (queue "training")."""
+    from catdog.settings import get_settings
+    from workers.app import TRAINING_QUEUE, app
+
+    if get_settings().embedded:
+        raise click.ClickException(
+            "retrain needs a broker (set CATDOG_BROKER_URL); train locally with `catdog train`"
+        )
+    kwargs = {
+        "data_dir": str(data.resolve()) if data else None,
+        "arch": arch,
+        "epochs": epochs,
+        "input_size": input_size,
+        "seed": seed,
+        "force": force,
+    }
+    result = app.send_task("catdog.train", kwargs=kwargs, queue=TRAINING_QUEUE)
+    click.echo(f"queued training job {result.id}")
+    if wait:
+        outcome = wait_for(result)
+        click.echo(json.dumps(outcome, indent=2))
+
+
+def wait_for(result: Any, poll: float = POLL_SECONDS) -> dict[str, Any]:
+    """Follow a queued training job with a progress bar of epochs; return its result."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[metrics]}"),
+    ) as bar:
+        task = bar.add_task("waiting for the training worker", total=None, metrics="")
+        while True:
+            state = result.state
+            if state == "PROGRESS" and isinstance(result.info, dict):
+                info = result.info
+                shown = "  ".join(
+                    f"{k} {v:.3f}"
+                    for k, v in info.get("metrics", {}).items()
+                    if k in ("accuracy", "val_accuracy", "val_loss")
+                )
+                bar.update(
+                    task,
+                    description="training",
+                    completed=info.get("epoch", 0),
+                    total=info.get("epochs"),
+                    metrics=shown,
+                )
+            elif state == "STARTED":
+                bar.update(task, description="starting")
+            elif state == "SUCCESS":
+                return dict(result.result)
+            elif state in ("FAILURE", "REVOKED"):
+                raise click.ClickException(f"training job {state.lower()}: {result.info!r}")
+            time.sleep(poll)
+
+
+@click.group(invoke_without_command=True)
+@click.pass_context
+def models(ctx: click.Context) -> None:
+    """The model registry (default: list the versions)."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(list_models)
+
+
+@models.command("list")
+def list_models() -> None:
+    """List registered model versions; * marks production."""
+    from sqlalchemy import select
+
+    from db.models import ModelVersion
+
+    with _session() as session:
+        rows = session.scalars(select(ModelVersion).order_by(ModelVersion.created)).all()
+        if not rows:
+            click.echo("no registered models (catdog retrain, or catdog models promote)")
+        for row in rows:
+            acc = row.metrics.get("accuracy")
+            shown = f"{acc:.4f}" if isinstance(acc, float) else "-"
+            click.echo(
+                f"{'*' if row.is_production else ' '} {row.version:<28} {row.arch:<8} "
+                f"acc {shown:<7} {row.created:%Y-%m-%d %H:%M}  {row.file}"
+            )
+
+
+@models.command("promote")
+@click.argument("version")
+def promote_model(version: str) -> None:
+    """Make VERSION (or a .keras file, registered on the way) the production model."""
+    from training import registry
+
+    with _session() as session:
+        try:
+            if version.endswith(".keras"):
+                version = registry.ensure_version(session, Path(version)).version
+            row = registry.promote(session, version)
+        except _user_errors() as exc:
+            raise _fail(exc) from exc
+        session.commit()
+        click.echo(f"production model: {row.version}")
+
+
+def register(group: click.Group) -> None:
+    """Add this module's commands to ``group``."""
+    for command in (explore, train, evaluate, retrain, models):
+        group.add_command(command)

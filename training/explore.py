@@ -1,0 +1,304 @@
+"""The exploration report of a labeled image folder: what is in it before training on it.
+
+Images per class, sizes and aspect ratios, colour modes and channel statistics, brightness,
+file sizes, unreadable files, near-duplicates across classes (8x8 average hash) and sample
+grids. Large folders are sampled; JPEGs are decoded at reduced size (PIL ``draft``) in a
+thread pool, so 25,000 photos take well under a minute on two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from training.datasets import LabeledImages, discover
+from training.report import html_image, html_page, html_table, plt
+
+#: Images looked at by default; more are sampled down to this many (seeded).
+DEFAULT_SAMPLE = 30_000
+#: Threads reading images (PIL releases the GIL while decoding).
+THREADS = 4
+#: Side images are decoded down to (at least) for the statistics and the hash.
+THUMB_SIDE = 64
+#: Average-hash bit distance at or below which two images count as near-duplicates.
+NEAR_DUPLICATE_BITS = 3
+#: Sample images shown per class, and near-duplicate pairs listed.
+SAMPLES_PER_CLASS = 16
+PAIRS_LISTED = 50
+
+
+@dataclass
+class ImageStats:
+    """What one readable file looks like."""
+
+    index: int
+    width: int
+    height: int
+    mode: str
+    format: str
+    brightness: float
+    mean_r: float
+    mean_g: float
+    mean_b: float
+    std: float
+    ahash: int
+
+
+def average_hash(image: Image.Image) -> int:
+    """The 64-bit average hash: 8x8 grey pixels, each bit set where brighter than the mean."""
+    grey = np.asarray(image.convert("L").resize((8, 8), Image.Resampling.BILINEAR), float)
+    bits = (grey > grey.mean()).flatten()
+    return int(sum(1 << i for i, bit in enumerate(bits) if bit))
+
+
+def inspect(path: Path, index: int) -> ImageStats:
+    """Statistics of one image (raises ``OSError`` and friends when it is unreadable)."""
+    with Image.open(path) as im:
+        width, height, mode, fmt = im.width, im.height, im.mode, im.format or "?"
+        im.draft("RGB", (THUMB_SIDE, THUMB_SIDE))  # JPEG: decode at 1/2..1/8 scale
+        im.thumbnail((THUMB_SIDE, THUMB_SIDE))
+        rgb = im.convert("RGB")
+    pixels = np.asarray(rgb, float)
+    return ImageStats(
+        index=index,
+        width=width,
+        height=height,
+        mode=mode,
+        format=fmt,
+        brightness=float(np.asarray(rgb.convert("L"), float).mean()),
+        mean_r=float(pixels[..., 0].mean()),
+        mean_g=float(pixels[..., 1].mean()),
+        mean_b=float(pixels[..., 2].mean()),
+        std=float(pixels.std()),
+        ahash=average_hash(rgb),
+    )
+
+
+def cross_class_near_duplicates(
+    stats: list[ImageStats], labels: list[int], max_bits: int = NEAR_DUPLICATE_BITS
+) -> list[tuple[int, int, int]]:
+    """Pairs ``(index_a, index_b, distance)`` of images of different classes with close hashes."""
+    hashes = np.array([s.ahash for s in stats], dtype=np.uint64)
+    label = np.array(labels)
+    pairs = []
+    chunk = 512
+    for start in range(0, len(hashes), chunk):
+        block = hashes[start : start + chunk, None] ^ hashes[None, :]
+        dist = np.bitwise_count(block)
+        rows, cols = np.nonzero(dist <= max_bits)
+        for r, c in zip(rows + start, cols, strict=True):
+            if r < c and label[r] != label[c]:
+                pairs.append((stats[r].index, stats[c].index, int(dist[r - start, c])))
+    return sorted(pairs, key=lambda p: (p[2], p[0], p[1]))
+
+
+def _read_all(images: LabeledImages, chosen: list[int]) -> tuple[list[ImageStats], list[Any]]:
+    def one(i: int) -> ImageStats | tuple[str, str]:
+        try:
+            return inspect(images.root / images.paths[i], i)
+        except Exception as exc:  # noqa: BLE001 - any decoder failure makes a file unreadable
+            return images.paths[i], f"{type(exc).__name__}: {exc}"
+
+    stats: list[ImageStats] = []
+    unreadable: list[tuple[str, str]] = []
+    with ThreadPoolExecutor(THREADS) as pool:
+        for item in pool.map(one, chosen, chunksize=64):
+            if isinstance(item, ImageStats):
+                stats.append(item)
+            else:
+                unreadable.append(item)
+    return stats, unreadable
+
+
+def _hist(ax: Any, groups: dict[str, list[float]], title: str, bins: int = 30) -> None:
+    for name, values in groups.items():
+        if values:
+            ax.hist(values, bins=bins, alpha=0.5, label=name)
+    ax.set_title(title)
+    ax.legend()
+
+
+def _grid(files: list[Path], titles: list[str], path: Path, cols: int = 8) -> str:
+    rows = max(1, -(-len(files) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.8), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, file, title in zip(axes.flat, files, titles, strict=False):
+        try:
+            with Image.open(file) as im:
+                im.draft("RGB", (128, 128))
+                ax.imshow(im.convert("RGB"))
+        except Exception:  # noqa: BLE001 - an unreadable sample is shown as a blank tile
+            pass
+        ax.set_title(title, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path.name
+
+
+def explore(
+    data_dir: str | Path, out_dir: str | Path, sample: int = DEFAULT_SAMPLE, seed: int = 0
+) -> Path:
+    """Write ``report.html``, its PNG plots and ``summary.json`` to ``out_dir``."""
+    images = discover(data_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = list(range(len(images)))
+    sampled = len(chosen) > sample
+    if sampled:
+        chosen = sorted(random.Random(seed).sample(chosen, sample))
+    stats, unreadable = _read_all(images, chosen)
+    labels = [images.labels[s.index] for s in stats]
+    by_class = {
+        name: [s for s, lab in zip(stats, labels, strict=True) if lab == k]
+        for k, name in enumerate(images.classes)
+    }
+    pairs = cross_class_near_duplicates(stats, labels)
+    summary: dict[str, Any] = {
+        "data": str(images.root),
+        "images": len(images),
+        "per_class": images.counts(),
+        "looked_at": len(chosen),
+        "sampled": sampled,
+        "sample_seed": seed if sampled else None,
+        "unreadable": [{"path": p, "reason": r} for p, r in unreadable],
+        "modes": dict(Counter(s.mode for s in stats)),
+        "formats": dict(Counter(s.format for s in stats)),
+        "sizes": dict(Counter(f"{s.width}x{s.height}" for s in stats).most_common(10)),
+        "file_bytes": {
+            "mean": float(np.mean(images.sizes)),
+            "min": min(images.sizes),
+            "max": max(images.sizes),
+        },
+        "channels": {
+            name: {
+                c: float(np.mean([getattr(s, f"mean_{c}") for s in group])) if group else None
+                for c in "rgb"
+            }
+            for name, group in by_class.items()
+        },
+        "brightness": {
+            name: float(np.mean([s.brightness for s in group])) if group else None
+            for name, group in by_class.items()
+        },
+        "near_duplicates_across_classes": [
+            {"a": images.paths[a], "b": images.paths[b], "distance": d}
+            for a, b, d in pairs[:PAIRS_LISTED]
+        ],
+        "near_duplicate_pairs_found": len(pairs),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.bar(list(images.counts()), list(images.counts().values()), color="tab:blue")
+    ax.set_title("images per class")
+    fig.tight_layout()
+    fig.savefig(out / "class_counts.png", dpi=90)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+    _hist(axes[0, 0], {n: [s.width for s in g] for n, g in by_class.items()}, "width (px)")
+    _hist(axes[0, 1], {n: [s.height for s in g] for n, g in by_class.items()}, "height (px)")
+    _hist(
+        axes[0, 2],
+        {n: [s.width / s.height for s in g] for n, g in by_class.items()},
+        "aspect ratio (w / h)",
+    )
+    _hist(
+        axes[1, 0],
+        {n: [s.brightness for s in g] for n, g in by_class.items()},
+        "brightness (mean grey)",
+    )
+    _hist(
+        axes[1, 1],
+        {n: [images.sizes[s.index] / 1024 for s in g] for n, g in by_class.items()},
+        "file size (KiB)",
+    )
+    for name, group in by_class.items():
+        means = [np.mean([getattr(s, f"mean_{c}") for s in group]) if group else 0 for c in "rgb"]
+        axes[1, 2].plot(["R", "G", "B"], means, marker="o", label=name)
+    axes[1, 2].set_title("mean channel value")
+    axes[1, 2].legend()
+    fig.tight_layout()
+    fig.savefig(out / "distributions.png", dpi=90)
+    plt.close(fig)
+
+    rng = random.Random(seed)
+    sections = [
+        "<h2>Summary</h2>",
+        html_table(
+            ["", "value"],
+            [
+                ("data folder", str(images.root)),
+                ("images", len(images)),
+                (
+                    "looked at",
+                    f"{len(chosen)}" + (f" (random sample, seed {seed})" if sampled else " (all)"),
+                ),
+                ("unreadable", len(unreadable)),
+                ("colour modes", ", ".join(f"{k}: {v}" for k, v in summary["modes"].items())),
+                ("formats", ", ".join(f"{k}: {v}" for k, v in summary["formats"].items())),
+                ("most common sizes", ", ".join(f"{k} ({v})" for k, v in summary["sizes"].items())),
+                ("near-duplicate pairs across classes", len(pairs)),
+            ],
+        ),
+        html_table(
+            ["class", "images", "mean R", "mean G", "mean B", "brightness"],
+            [
+                (
+                    name,
+                    images.counts()[name],
+                    *(summary["channels"][name][c] or 0.0 for c in "rgb"),
+                    summary["brightness"][name] or 0.0,
+                )
+                for name in images.classes
+            ],
+        ),
+        html_image("class_counts.png", "images per class"),
+        "<h2>Distributions</h2>",
+        html_image("distributions.png", "distributions"),
+        "<h2>Unreadable files</h2>",
+        html_table(["file", "reason"], unreadable) if unreadable else "<p>None.</p>",
+        f"<h2>Near-duplicates across classes (average hash, ≤ {NEAR_DUPLICATE_BITS} bits)</h2>",
+    ]
+    if pairs:
+        sections.append(
+            html_table(
+                ["a", "b", "bits"],
+                [(images.paths[a], images.paths[b], d) for a, b, d in pairs[:PAIRS_LISTED]],
+            )
+        )
+        shown = pairs[:8]
+        files = [images.root / images.paths[i] for a, b, _ in shown for i in (a, b)]
+        titles = [images.paths[i].rsplit("/", 1)[-1] for a, b, _ in shown for i in (a, b)]
+        sections.append(
+            html_image(_grid(files, titles, out / "near_duplicates.png"), "near-duplicate pairs")
+        )
+    else:
+        sections.append("<p>None found.</p>")
+    sections.append("<h2>Samples</h2>")
+    for name, group in by_class.items():
+        picks = rng.sample(group, min(SAMPLES_PER_CLASS, len(group)))
+        grid = _grid(
+            [images.root / images.paths[s.index] for s in picks],
+            [f"{s.width}x{s.height}" for s in picks],
+            out / f"samples_{name}.png",
+        )
+        sections += [f"<h3>{name}</h3>", html_image(grid, f"samples of {name}")]
+    report = out / "report.html"
+    report.write_text(
+        html_page(f"catdog data exploration: {images.root.name}", "\n".join(sections))
+    )
+    return report
+
+
+__all__ = ["ImageStats", "asdict", "explore", "inspect"]

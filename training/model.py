@@ -1,0 +1,168 @@
+"""``make_model(...)``: the classifiers catdog trains, and ``save_model`` with its sidecar.
+
+Every model maps float RGB images (0..255, shape ``(H, W, 3)``) to softmax probabilities
+over the classes. Rescaling and augmentation are layers inside the model, so inference
+reuses training's preprocessing exactly, and the saved ``.keras`` file loads with
+``safe_mode=True`` without importing catdog (no Lambda or custom layers).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import keras
+from keras import layers
+
+#: Architectures ``make_model`` builds.
+ARCHS = ("tiny", "scratch", "lite0")
+#: Square input side used when the caller gives none: small enough for a 2-core CPU.
+DEFAULT_INPUT_SIZE = {"tiny": 32, "scratch": 96, "lite0": 224}
+#: Filters of the scratch CNN's stem and of its conv blocks (each block halves the map).
+SCRATCH_WIDTHS = (32, 64, 128, 256)
+#: How the images reaching a model were prepared (recorded in every model's metadata).
+PREPROCESSING = {
+    "input": "RGB float32 0..255",
+    "resize": "bilinear with antialias, aspect ratio not kept",
+    "rescaling": "inside the model",
+}
+
+
+def augmentation(seed: int | None = None, name: str = "augmentation") -> keras.Sequential:
+    """Random flips, small rotations and zooms; active only while training."""
+    return keras.Sequential(
+        [
+            layers.RandomFlip("horizontal", seed=seed),
+            layers.RandomRotation(0.05, fill_mode="reflect", seed=seed),
+            layers.RandomZoom((-0.15, 0.0), fill_mode="reflect", seed=seed),
+        ],
+        name=name,
+    )
+
+
+def _conv_bn_relu(x: Any, filters: int, stride: int = 1, name: str = "") -> Any:
+    x = layers.Conv2D(
+        filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv"
+    )(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.Activation("relu", name=f"{name}_relu")(x)
+
+
+def _scratch(inputs: Any, num_classes: int, widths: Sequence[int], dropout: float) -> Any:
+    # The keras-io tutorial's shape, sized for a CPU: a strided stem, then blocks of two
+    # 3x3 convs with a strided 1x1 shortcut around them and max pooling, then global
+    # pooling and dropout.
+    x = layers.Rescaling(1.0 / 255, name="rescaling")(inputs)
+    x = _conv_bn_relu(x, widths[0], stride=2, name="stem")
+    # Pooling right after the stem (as in ResNet) keeps the big early feature maps, whose
+    # memory traffic dominates training time on a CPU, out of the conv blocks.
+    x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
+    for i, filters in enumerate(widths[1:], start=1):
+        shortcut = x
+        x = _conv_bn_relu(x, filters, name=f"block{i}a")
+        x = _conv_bn_relu(x, filters, name=f"block{i}b")
+        x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"block{i}_pool")(x)
+        shortcut = layers.Conv2D(filters, 1, strides=2, padding="same", name=f"block{i}_shortcut")(
+            shortcut
+        )
+        x = layers.Add(name=f"block{i}_add")([x, shortcut])
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    return layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
+
+
+def _tiny(inputs: Any, num_classes: int) -> Any:
+    x = layers.Rescaling(1.0 / 255, name="rescaling")(inputs)
+    x = layers.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="conv1")(x)
+    x = layers.Conv2D(32, 3, strides=2, padding="same", activation="relu", name="conv2")(x)
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    return layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
+
+
+def _lite0_backbone(input_shape: tuple[int, int, int], weights: str | None) -> keras.Model:
+    try:
+        from training import lite0
+    except ImportError as exc:  # pragma: no cover - the module ships with catdog
+        raise RuntimeError("arch 'lite0' needs training/lite0.py") from exc
+    if weights is None:
+        return lite0.build_lite0(input_shape, include_top=False, pooling="avg")
+    try:
+        from training.convert import imagenet_backbone
+    except ImportError as exc:
+        raise RuntimeError(
+            "arch 'lite0' with ImageNet weights needs training.convert.imagenet_backbone "
+            "(training/convert.py), which is not available in this install"
+        ) from exc
+    return imagenet_backbone(input_shape)
+
+
+def make_model(
+    arch: str,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    *,
+    augment: bool | None = None,
+    dropout: float = 0.3,
+    widths: Sequence[int] = SCRATCH_WIDTHS,
+    weights: str | None = "imagenet",
+    seed: int | None = None,
+) -> keras.Model:
+    """Build an uncompiled classifier of architecture ``arch`` (see ``ARCHS``).
+
+    ``augment`` defaults to on, except for ``tiny`` (a few-second model for tests).
+    ``widths`` sizes the ``scratch`` CNN; ``weights`` is ``"imagenet"`` or None for
+    ``lite0``, whose backbone layer is named ``backbone`` so callers can freeze it.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}: choose one of {', '.join(ARCHS)}")
+    num_classes = max(2, int(num_classes))
+    if augment is None:
+        augment = arch != "tiny"
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = augmentation(seed)(inputs) if augment else inputs
+    if arch == "tiny":
+        outputs = _tiny(x, num_classes)
+    elif arch == "scratch":
+        outputs = _scratch(x, num_classes, widths, dropout)
+    else:
+        backbone = _lite0_backbone(tuple(input_shape), weights)  # type: ignore[arg-type]
+        backbone.name = "backbone"
+        x = backbone(x)
+        x = layers.Dropout(dropout, name="dropout")(x)
+        outputs = layers.Dense(
+            num_classes, activation="softmax", dtype="float32", name="predictions"
+        )(x)
+    return keras.Model(inputs, outputs, name=f"catdog_{arch}")
+
+
+def save_model(model: keras.Model, path: str | Path, metadata: dict[str, Any]) -> Path:
+    """Save ``model`` as ``path`` (``.keras``) and its metadata as the ``.json`` beside it.
+
+    ``metadata`` must name the ``classes``; ``input_size``, ``preprocessing`` and
+    ``created`` are filled in from the model when missing.
+    """
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise ValueError(f"model files end in .keras, not {path.name}")
+    if not metadata.get("classes"):
+        raise ValueError("metadata needs the 'classes' the model's outputs stand for")
+    classes = list(metadata["classes"])
+    units = model.output_shape[-1]
+    if units != max(2, len(classes)):
+        raise ValueError(f"model has {units} outputs but metadata lists classes {classes}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    meta = {
+        "arch": "unknown",
+        "input_size": [int(d) for d in model.input_shape[1:3]],
+        "preprocessing": PREPROCESSING,
+        "metrics": {},
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        **metadata,
+        "classes": classes,
+    }
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return path

@@ -1,0 +1,234 @@
+"""The training report: learning curves, confusion matrix, ROC curve, confident mistakes.
+
+Also holds the few HTML helpers the exploration report shares. Plots are PNG files next to
+the HTML page, so the folder can be copied or served as it is.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and workers
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from training.evaluate import roc_curve  # noqa: E402
+
+#: Wrong validation images shown in the report, most confident first.
+MISTAKES_SHOWN = 16
+
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+    "text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}"
+    "img{max-width:100%;border:1px solid #eee;margin:.5em 0}"
+)
+
+
+def html_page(title: str, body: str) -> str:
+    """A complete, self-contained HTML page."""
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+        f"</title><style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+        f"{body}</body></html>\n"
+    )
+
+
+def html_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """An HTML table; floats are shown with four decimals."""
+
+    def cell(value: Any) -> str:
+        return html.escape(f"{value:.4f}" if isinstance(value, float) else str(value))
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def html_image(name: str, alt: str) -> str:
+    """An image tag for a PNG in the report folder."""
+    return f"<p><img src='{html.escape(name)}' alt='{html.escape(alt)}'></p>"
+
+
+def _save(fig: Any, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path.name
+
+
+def plot_learning_curves(history: dict[str, list[float]], path: Path) -> str:
+    """Loss and accuracy per epoch, training and validation."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
+        for name, style in ((key, "-"), (f"val_{key}", "--")):
+            if history.get(name):
+                epochs = range(1, len(history[name]) + 1)
+                ax.plot(epochs, history[name], style, marker="o", label=name)
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_confusion(confusion: Sequence[Sequence[int]], classes: Sequence[str], path: Path) -> str:
+    """Confusion matrix with counts (rows: true class, columns: predicted)."""
+    matrix = np.asarray(confusion)
+    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2, 1.2 * len(classes) + 1.5))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(
+            j,
+            i,
+            str(count),
+            ha="center",
+            va="center",
+            color="white" if count > matrix.max() / 2 else "black",
+        )
+    return _save(fig, path)
+
+
+def plot_roc(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], path: Path) -> str:
+    """ROC curve of each class against the rest (only the second class for two classes)."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    shown = [1] if len(classes) == 2 else range(len(classes))
+    for k in shown:
+        fpr, tpr = roc_curve(y_true == k, probs[:, k])
+        ax.plot(fpr, tpr, label=f"{classes[k]} vs rest" if len(classes) > 2 else classes[k])
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def confident_mistakes(
+    y_true: np.ndarray, probs: np.ndarray, limit: int = MISTAKES_SHOWN
+) -> list[int]:
+    """Indices of wrong predictions, the most confident first."""
+    pred = probs.argmax(axis=1)
+    wrong = np.flatnonzero(pred != y_true)
+    order = np.argsort(-probs[wrong, pred[wrong]], kind="mergesort")
+    return [int(i) for i in wrong[order][:limit]]
+
+
+def plot_mistakes(
+    indices: Sequence[int],
+    files: Sequence[str],
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    path: Path,
+) -> str:
+    """A grid of images with their true class, predicted class and confidence."""
+    cols = 4
+    rows = max(1, -(-len(indices) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.6, rows * 2.9), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, indices, strict=False):
+        try:
+            with Image.open(files[i]) as im:
+                ax.imshow(im.convert("RGB"))
+        except OSError:
+            ax.text(0.5, 0.5, "unreadable", ha="center")
+        k = int(probs[i].argmax())
+        ax.set_title(
+            f"{Path(files[i]).name}\ntrue {classes[int(y_true[i])]}, "
+            f"said {classes[k]} {probs[i, k]:.2f}",
+            fontsize=8,
+        )
+    return _save(fig, path)
+
+
+def write_training_report(
+    out_dir: Path,
+    history: dict[str, list[float]],
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    files: Sequence[str],
+    metrics: dict[str, Any],
+    title: str = "catdog training report",
+) -> Path:
+    """Write ``report.html`` and its PNG plots into ``out_dir``; return the HTML path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    y_true = np.asarray(y_true, int)
+    parts = [
+        "<h2>Validation metrics</h2>",
+        html_table(
+            ["metric", "value"],
+            [
+                (k, metrics[k])
+                for k in (
+                    "n",
+                    "accuracy",
+                    "precision",
+                    "recall",
+                    "f1",
+                    "roc_auc",
+                    "log_loss",
+                    "ece",
+                )
+                if metrics.get(k) is not None
+            ],
+        ),
+        html_table(
+            ["class", "precision", "recall", "f1", "support", "roc_auc"],
+            [
+                (
+                    name,
+                    m["precision"],
+                    m["recall"],
+                    m["f1"],
+                    m["support"],
+                    m["roc_auc"] if m["roc_auc"] is not None else "-",
+                )
+                for name, m in metrics["per_class"].items()
+            ],
+        ),
+    ]
+    parts += [
+        "<h2>Learning curves</h2>",
+        html_image(
+            plot_learning_curves(history, out_dir / "learning_curves.png"), "learning curves"
+        ),
+        "<h2>Confusion matrix</h2>",
+        html_image(
+            plot_confusion(metrics["confusion"], classes, out_dir / "confusion_matrix.png"),
+            "confusion matrix",
+        ),
+    ]
+    if metrics.get("roc_auc") is not None:
+        parts += [
+            "<h2>ROC curve</h2>",
+            html_image(plot_roc(y_true, probs, classes, out_dir / "roc_curve.png"), "ROC curve"),
+        ]
+    mistakes = confident_mistakes(y_true, probs)
+    parts.append("<h2>Most confidently wrong validation images</h2>")
+    if mistakes:
+        parts.append(
+            html_image(
+                plot_mistakes(
+                    mistakes, files, y_true, probs, classes, out_dir / "confident_mistakes.png"
+                ),
+                "most confidently wrong validation images",
+            )
+        )
+    else:
+        parts.append("<p>No validation image was misclassified.</p>")
+    path = out_dir / "report.html"
+    path.write_text(html_page(title, "\n".join(parts)))
+    return path

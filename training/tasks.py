@@ -1,0 +1,174 @@
+"""The training task ``catdog.train``: train, compare with production, register, maybe promote.
+
+The Celery task is a thin shell over :func:`run_training`, which tests call directly on
+SQLite. TensorFlow is imported only when a job runs, never when the worker imports this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from catdog.settings import Settings, get_settings
+from db.engine import engine_for, session_factory
+from db.migrate import upgrade
+from db.models import TrainingRun
+from training import registry
+from workers.app import app
+
+#: Metrics copied into the task result and the ``--wait`` summary.
+SUMMARY_KEYS = ("accuracy", "roc_auc", "log_loss", "f1", "ece", "n")
+
+
+def summary(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The headline numbers of a metrics dict."""
+    if metrics is None:
+        return None
+    return {k: metrics.get(k) for k in SUMMARY_KEYS}
+
+
+def is_better(new: dict[str, Any], old: dict[str, Any] | None) -> bool:
+    """True when ``new`` beats ``old``: higher accuracy, then lower log loss on a tie."""
+    if old is None:
+        return True
+    if new["accuracy"] != old["accuracy"]:
+        return bool(new["accuracy"] > old["accuracy"])
+    return bool(new["log_loss"] < old["log_loss"])
+
+
+def default_data_dir(session: Any, settings: Settings) -> Path:
+    """The folder the current model was trained on (for ``catdog retrain`` without --data)."""
+    try:
+        current = registry.current_version(session, settings)
+        data = registry.read_metadata(Path(current.file)).get("data")
+    except registry.ModelNotFound:
+        data = None
+    if not data:
+        raise ValueError("no --data given and the current model does not record its data folder")
+    return Path(data)
+
+
+def run_training(
+    data_dir: str | Path | None = None,
+    arch: str = "scratch",
+    epochs: int | None = None,
+    input_size: int | None = None,
+    seed: int = 0,
+    force: bool = False,
+    *,
+    task_id: str | None = None,
+    progress: Callable[[int, int, dict[str, float]], None] | None = None,
+    settings: Settings | None = None,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """Train a model, evaluate it and the current model on the same validation split,
+    register it and promote it if it is better (or ``force``); record a ``training_runs`` row.
+    """
+    from training.datasets import discover, split
+    from training.evaluate import evaluate_on
+    from training.train import train
+
+    settings = settings or get_settings()
+    engine = engine_for(settings.database())
+    upgrade(engine)
+    sessions = session_factory(engine)
+    with sessions() as session:
+        data = Path(data_dir) if data_dir else default_data_dir(session, settings)
+        run = TrainingRun(task_id=task_id, data=str(data), arch=arch, status="running")
+        session.add(run)
+        session.commit()
+        run_id = run.id
+    try:
+        out_dir = Path(settings.models_dir) / "runs" / f"run-{run_id}"
+        result = train(
+            data,
+            out_dir,
+            arch=arch,
+            epochs=epochs,
+            input_size=input_size,
+            batch_size=batch_size,
+            seed=seed,
+            progress=progress,
+        )
+        # Recomputed from the same seed: exactly the validation images train() held out.
+        images = discover(data)
+        _, val_idx = split(images, result.metadata["validation_fraction"], seed)
+        new_metrics = evaluate_on(result.model_file, images, val_idx)
+        with sessions() as session:
+            baseline_version, baseline_metrics, note = None, None, ""
+            try:
+                current = registry.current_version(session, settings)
+                baseline_version = current.version
+                baseline_metrics = evaluate_on(Path(current.file), images, val_idx)
+            except registry.ModelNotFound:
+                note = "no current model to compare with"
+            except (OSError, ValueError) as exc:
+                note = f"current model {baseline_version} could not be evaluated: {exc}"
+            version = registry.register(session, result.model_file, Path(settings.models_dir))
+            better = is_better(new_metrics, baseline_metrics)
+            promoted = better or force
+            if promoted:
+                registry.promote(session, version.version)
+            verdict = (
+                ("promoted" if better else "promoted (forced)")
+                if promoted
+                else (f"kept {baseline_version}: it is at least as good")
+            )
+            message = "; ".join(m for m in (verdict, note) if m)
+            done = session.get(TrainingRun, run_id)
+            assert done is not None
+            done.status = "succeeded"
+            done.finished = datetime.now(UTC)
+            done.model_version_id = version.id
+            done.metrics = new_metrics
+            done.baseline_metrics = (
+                {"version": baseline_version, **baseline_metrics} if baseline_metrics else {}
+            )
+            done.promoted = promoted
+            done.message = message
+            session.commit()
+            return {
+                "run_id": run_id,
+                "version": version.version,
+                "promoted": promoted,
+                "metrics": summary(new_metrics),
+                "baseline_version": baseline_version,
+                "baseline_metrics": summary(baseline_metrics),
+                "message": message,
+                "training_seconds": result.training_seconds,
+            }
+    except BaseException as exc:
+        with sessions() as session:
+            failed = session.get(TrainingRun, run_id)
+            if failed is not None and failed.status == "running":
+                failed.status = "failed"
+                failed.finished = datetime.now(UTC)
+                failed.message = f"{type(exc).__name__}: {exc}"
+                session.commit()
+        raise
+
+
+# A training job runs far longer than the broker's visibility timeout: acknowledged on
+# receipt, so Redis does not hand the same job to the worker again while it still runs.
+@app.task(bind=True, name="catdog.train", acks_late=False, reject_on_worker_lost=False)
+def train_task(
+    self: Any,
+    data_dir: str | None = None,
+    arch: str = "scratch",
+    epochs: int | None = None,
+    input_size: int | None = None,
+    seed: int = 0,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Celery shell of :func:`run_training`, reporting epochs as ``PROGRESS`` state."""
+
+    def progress(epoch: int, total: int, metrics: dict[str, float]) -> None:
+        self.update_state(
+            state="PROGRESS", meta={"epoch": epoch, "epochs": total, "metrics": metrics}
+        )
+
+    return run_training(
+        data_dir, arch, epochs, input_size, seed, force, task_id=self.request.id, progress=progress
+    )

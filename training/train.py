@@ -1,0 +1,339 @@
+"""Train a classifier on a labeled image folder and write the model, its metadata and a report.
+
+``train(...)`` is the one entry point, used by ``catdog train`` and by the training task.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from training import datasets
+from training.evaluate import compute_metrics, predict
+from training.model import ARCHS, DEFAULT_INPUT_SIZE, SCRATCH_WIDTHS, make_model, save_model
+from training.report import write_training_report
+
+#: Epochs when the caller gives none; early stopping usually ends scratch runs sooner.
+DEFAULT_EPOCHS = {"tiny": 2, "scratch": 16, "lite0": 8}
+#: Batch sizes that keep a 2-core CPU busy without starving BatchNorm statistics.
+DEFAULT_BATCH_SIZE = {"tiny": 8, "scratch": 64, "lite0": 32}
+#: Peak learning rates (AdamW, reached after one warm-up epoch, then cosine decay).
+DEFAULT_LEARNING_RATE = {"tiny": 1e-2, "scratch": 2e-3, "lite0": 1e-3}
+#: Epochs without a better validation loss before training stops.
+EARLY_STOPPING_PATIENCE = 4
+#: AdamW decoupled weight decay: a light regulariser for the small from-scratch CNN.
+WEIGHT_DECAY = 0.01
+#: lite0: share of the epochs spent training only the new head on a frozen backbone.
+HEAD_EPOCHS_SHARE = 0.4
+#: lite0: the blocks unfrozen for fine-tuning (the last stages, the most task-specific).
+FINE_TUNE_PREFIXES = ("block6", "block7", "top")
+#: lite0: fine-tuning learning rate relative to the head phase's.
+FINE_TUNE_LR_FACTOR = 0.1
+
+#: Called after each epoch with (epoch number from 1, total epochs, metrics of the epoch).
+ProgressFn = Callable[[int, int, dict[str, float]], None]
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced: files, validation metrics, history and timing."""
+
+    out_dir: Path
+    model_file: Path
+    metadata: dict[str, Any]
+    metrics: dict[str, Any]
+    history: dict[str, list[float]]
+    training_seconds: float
+    report: Path | None = None
+    validation_files: list[str] = field(default_factory=list)
+
+
+class _EpochProgress(keras.callbacks.Callback):
+    """A rich progress bar per epoch, a log line after each, and the caller's hook."""
+
+    def __init__(
+        self,
+        epochs: int,
+        steps: int,
+        first_epoch: int,
+        hook: ProgressFn | None,
+        console: Console | None,
+    ) -> None:
+        super().__init__()
+        self.epochs, self.steps, self.first_epoch = epochs, steps, first_epoch
+        self.hook, self.console = hook, console
+        self.bar: Progress | None = None
+        self.task: Any = None
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        if self.console is not None and self.console.is_terminal:
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self.bar.start()
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.bar is not None:
+            if self.task is not None:
+                self.bar.remove_task(self.task)
+            self.task = self.bar.add_task(
+                f"epoch {self.first_epoch + epoch + 1}/{self.epochs}", total=self.steps
+            )
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        metrics = {k: float(v) for k, v in (logs or {}).items()}
+        number = self.first_epoch + epoch + 1
+        if self.console is not None:
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            self.console.print(f"epoch {number}/{self.epochs}  {shown}")
+        if self.hook is not None:
+            self.hook(number, self.epochs, metrics)
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+            self.task = None
+
+
+def _optimizer(learning_rate: float, epochs: int, steps: int) -> keras.optimizers.Optimizer:
+    warmup = min(steps, max(1, epochs * steps // 10))
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=learning_rate / 10,
+        decay_steps=max(1, epochs * steps - warmup),
+        alpha=0.01,
+        warmup_target=learning_rate,
+        warmup_steps=warmup,
+    )
+    return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=WEIGHT_DECAY)
+
+
+def _fit(
+    model: keras.Model,
+    train_ds: Any,
+    val_ds: Any,
+    *,
+    epochs: int,
+    first_epoch: int,
+    total_epochs: int,
+    steps: int,
+    learning_rate: float,
+    callbacks: list[Any],
+    progress: ProgressFn | None,
+    console: Console | None,
+) -> dict[str, list[float]]:
+    model.compile(
+        optimizer=_optimizer(learning_rate, epochs, steps),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    stopper = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=EARLY_STOPPING_PATIENCE, restore_best_weights=True
+    )
+    bar = _EpochProgress(total_epochs, steps, first_epoch, progress, console)
+    history = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=epochs,
+        verbose=0,
+        callbacks=[*callbacks, stopper, bar],
+    )
+    return {k: [float(v) for v in vals] for k, vals in history.history.items()}
+
+
+def _set_lite0_phase(model: keras.Model, fine_tune: bool) -> None:
+    backbone = model.get_layer("backbone")
+    backbone.trainable = fine_tune
+    if fine_tune:
+        for layer in backbone.layers:
+            # BatchNorm stays frozen: small batches would wreck the ImageNet statistics.
+            layer.trainable = layer.name.startswith(FINE_TUNE_PREFIXES) and not isinstance(
+                layer, keras.layers.BatchNormalization
+            )
+
+
+def train(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    arch: str = "scratch",
+    epochs: int | None = None,
+    input_size: int | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+    *,
+    validation_fraction: float = datasets.VALIDATION_FRACTION,
+    learning_rate: float | None = None,
+    widths: tuple[int, ...] | None = None,
+    console: Console | None = None,
+    report: bool = True,
+) -> TrainResult:
+    """Train an ``arch`` model on ``data_dir`` and write it with its report to ``out_dir``.
+
+    The split is stratified and keeps near-duplicates together; the best epoch by
+    validation loss is kept. ``console`` shows a progress bar and a line per epoch.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}: choose one of {', '.join(ARCHS)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    images = datasets.discover(data_dir)
+    train_idx, val_idx = datasets.split(images, validation_fraction, seed)
+    epochs = epochs or DEFAULT_EPOCHS[arch]
+    size = input_size or DEFAULT_INPUT_SIZE[arch]
+    batch_size = batch_size or DEFAULT_BATCH_SIZE[arch]
+    learning_rate = learning_rate or DEFAULT_LEARNING_RATE[arch]
+
+    keras.utils.set_random_seed(seed)
+    import tensorflow as tf
+
+    previous_policy = keras.mixed_precision.global_policy()
+    on_gpu = bool(tf.config.list_physical_devices("GPU"))
+    if on_gpu:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        started = time.perf_counter()
+        train_files, val_files = images.files(train_idx), images.files(val_idx)
+        train_labels = [images.labels[i] for i in train_idx]
+        val_labels = [images.labels[i] for i in val_idx]
+        train_ds = datasets.make_pipeline(
+            train_files, train_labels, (size, size), batch_size, shuffle=True, seed=seed
+        )
+        val_ds = datasets.make_pipeline(val_files, val_labels, (size, size), batch_size)
+        steps = math.ceil(len(train_files) / batch_size)
+        model = make_model(
+            arch, (size, size, 3), len(images.classes), seed=seed, widths=widths or SCRATCH_WIDTHS
+        )
+        checkpoint = out / "checkpoint.keras"
+        saver = keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_loss", save_best_only=True)
+        common: dict[str, Any] = {
+            "total_epochs": epochs,
+            "steps": steps,
+            "callbacks": [saver],
+            "progress": progress,
+            "console": console,
+        }
+        if arch == "lite0":
+            head_epochs = max(1, round(epochs * HEAD_EPOCHS_SHARE))
+            _set_lite0_phase(model, fine_tune=False)
+            history = _fit(
+                model,
+                train_ds,
+                val_ds,
+                epochs=head_epochs,
+                first_epoch=0,
+                learning_rate=learning_rate,
+                **common,
+            )
+            if epochs > head_epochs:
+                _set_lite0_phase(model, fine_tune=True)
+                more = _fit(
+                    model,
+                    train_ds,
+                    val_ds,
+                    epochs=epochs - head_epochs,
+                    first_epoch=head_epochs,
+                    learning_rate=learning_rate * FINE_TUNE_LR_FACTOR,
+                    **common,
+                )
+                history = {k: history.get(k, []) + more.get(k, []) for k in history | more}
+        else:
+            history = _fit(
+                model,
+                train_ds,
+                val_ds,
+                epochs=epochs,
+                first_epoch=0,
+                learning_rate=learning_rate,
+                **common,
+            )
+        training_seconds = time.perf_counter() - started
+        best = keras.saving.load_model(checkpoint, safe_mode=True, compile=False)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+    y_val, probs, kept = predict(best, val_files, val_labels, (size, size))
+    metrics = compute_metrics(y_val, probs, images.classes)
+    metadata = {
+        "arch": arch,
+        "classes": list(images.classes),
+        "input_size": [size, size],
+        "metrics": {
+            k: metrics[k]
+            for k in ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "ece", "n")
+        },
+        "data_fingerprint": datasets.fingerprint(images),
+        "data": str(Path(data_dir).resolve()),
+        "training_seconds": round(training_seconds, 1),
+        "seed": seed,
+        "epochs": len(next(iter(history.values()), [])),
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "validation_fraction": validation_fraction,
+        "split": "stratified by class, near-duplicate pairs kept together",
+        "n_train": len(train_idx),
+        "n_validation": len(val_idx),
+        "params": int(best.count_params()),
+        "keras": keras.__version__,
+        "tensorflow": tf.__version__,
+    }
+    model_file = save_model(best, out / "model.keras", metadata)
+    checkpoint.unlink(missing_ok=True)
+    (out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+    (out / "validation_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    kept_files = [val_files[i] for i in kept]
+    result = TrainResult(
+        out,
+        model_file,
+        json.loads(model_file.with_suffix(".json").read_text()),
+        metrics,
+        history,
+        training_seconds,
+        validation_files=kept_files,
+    )
+    # Kept so the report can be redrawn without predicting again.
+    np.savez_compressed(
+        out / "validation_predictions.npz", y_true=y_val, probs=probs, files=np.array(kept_files)
+    )
+    if report:
+        result.report = write_training_report(
+            out,
+            history,
+            np.asarray(y_val),
+            probs,
+            list(images.classes),
+            kept_files,
+            metrics,
+            title=f"catdog {arch} model",
+        )
+    return result
+
+
+def copy_outputs(result: TrainResult, target: str | Path) -> Path:
+    """Copy a run's model, metadata, history and report files into ``target``."""
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    for path in result.out_dir.iterdir():
+        if path.suffix in (".keras", ".json", ".html", ".png"):
+            shutil.copy2(path, target / path.name)
+    return target
