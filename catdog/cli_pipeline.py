@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -61,6 +62,8 @@ def classify(
     except ModelNotFound as exc:
         _fail(str(exc))
     ctx = InferenceContext.create(settings)
+    with ctx.sessions.begin() as session:
+        ctx.current_model(session)  # load before the run's clock starts
     stores = [LocalStore(p) for p in paths]
     with Progress(transient=True, disable=not sys.stderr.isatty()) as bar:
         task = bar.add_task("classifying", total=None)
@@ -161,6 +164,7 @@ def worker(
         import training.tasks  # noqa: F401 - registers catdog.train
 
     pool = pool or ("solo" if concurrency == 1 else "threads")
+    os.environ["CATDOG_WORKER_QUEUES"] = queues  # start-up hooks load only what is served
     argv = [
         "worker",
         "-Q",

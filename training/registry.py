@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from catdog.settings import BUNDLED_MODEL, Settings
@@ -69,8 +70,11 @@ def ensure_version(session: Session, model_file: Path, prefix: str = "file") -> 
         metrics=dict(meta.get("metrics", {})),
         is_production=False,
     )
-    session.add(row)
-    session.flush()
+    try:
+        with session.begin_nested():  # another process may register the same file now
+            session.add(row)
+    except IntegrityError:
+        return session.scalars(select(ModelVersion).where(ModelVersion.sha256 == sha)).one()
     return row
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from celery.signals import worker_ready
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -124,7 +125,7 @@ def classify_batch(
     while the model predicts the current one. Bad files become failed rows with a reason.
     """
     started = time.perf_counter()
-    with ctx.sessions() as session:
+    with ctx.sessions.begin() as session:  # commits a first sight of the model file
         model = ctx.current_model(session)
         where = image_locations(session, image_ids)
     ids = [i for i in image_ids if i in where]  # rows deleted since the scan have no result
@@ -182,3 +183,20 @@ def classify_batch(
 def store_path(store: str, relpath: str) -> str:
     """The absolute path shown to users."""
     return str(Path(store) / relpath)
+
+
+@worker_ready.connect
+def _load_model_at_start(**_: object) -> None:
+    """Load the model when an inference worker starts, not on its first batch (arq's startup)."""
+    import os
+
+    if "inference" not in os.environ.get("CATDOG_WORKER_QUEUES", "inference"):
+        return
+    from workers.tasks import context
+
+    ctx = context()
+    try:
+        with ctx.sessions.begin() as session:
+            ctx.current_model(session)
+    except Exception:  # noqa: BLE001 - the first batch will report it again, with context
+        log.exception("could not load the model at start-up")

@@ -59,6 +59,7 @@ class LoadedModel:
     keras_model: Any
     predict_batch: int
     _lock: threading.Lock
+    _fn: Any = None
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """Class probabilities for a (N, H, W, 3) uint8 array."""
@@ -77,7 +78,12 @@ class LoadedModel:
             pad = np.zeros((self.predict_batch - n, *chunk.shape[1:]), dtype=chunk.dtype)
             chunk = np.concatenate([chunk, pad])
         with self._lock:  # threads pool: one model call at a time per process
-            probs = self.keras_model(chunk.astype(np.float32), training=False)
+            if self._fn is None:
+                import tensorflow as tf
+
+                # A traced graph: no per-call Python overhead of eager Keras layers.
+                self._fn = tf.function(lambda x: self.keras_model(x, training=False))
+            probs = self._fn(chunk.astype(np.float32))
         return np.asarray(probs, dtype=np.float32)[:n]
 
 
