@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import ssl
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Where the bundled default model lives inside the installed package.
@@ -25,8 +26,19 @@ class Settings(BaseSettings):
 
     #: Celery broker. Unset means embedded: everything runs in-process.
     broker_url: SecretStr | None = None
+    #: A file holding the broker URL (Docker secrets); wins over ``broker_url``.
+    broker_url_file: Path | None = None
     #: SQLAlchemy URL of the results database.
     database_url: SecretStr = SecretStr("sqlite:///catdog.db")
+    #: A file holding the database URL (Docker secrets); wins over ``database_url``.
+    database_url_file: Path | None = None
+    #: CA bundle that signs the Redis server certificate (``rediss://`` URLs).
+    redis_ca_file: Path | None = None
+    #: Client certificate and key, when Redis asks for mutual TLS.
+    redis_cert_file: Path | None = None
+    redis_key_file: Path | None = None
+    #: Check the Redis server certificate; turn off only for a self-signed test server.
+    redis_tls_verify: bool = True
     #: A ``.keras`` file to use instead of the registry's production model.
     model: Path | None = None
     #: Where the model registry keeps versioned model files.
@@ -52,8 +64,12 @@ class Settings(BaseSettings):
     max_file_bytes: int = 200 * 1024 * 1024
     #: Threads decoding images inside a worker while the model runs.
     decode_threads: int = 4
-    #: Times a failing batch is retried before its images are recorded as failed.
+    #: Times a failing batch is retried before its images are recorded as failed. Also how
+    #: many times a batch may stop its worker (crash, kill) before it is given up.
     max_retries: int = 5
+    #: Seconds a batch task sleeps before and after its work. Fault tests and demos only: it
+    #: widens the window in which a kill or a restart hits a batch in flight.
+    batch_delay_s: float = 0.0
     #: Use float16 mixed precision on a GPU.
     mixed_precision: bool = False
     #: Cap the GPU memory of one worker process (MiB); None: grow as needed.
@@ -73,6 +89,15 @@ class Settings(BaseSettings):
             return [p for p in value.split(":") if p]
         return value
 
+    @model_validator(mode="after")
+    def _read_secret_files(self) -> Settings:
+        # Docker secrets style: the URL (with its password) lives in a file, not the env.
+        if self.broker_url_file is not None:
+            self.broker_url = SecretStr(_read_secret(self.broker_url_file))
+        if self.database_url_file is not None:
+            self.database_url = SecretStr(_read_secret(self.database_url_file))
+        return self
+
     @property
     def embedded(self) -> bool:
         """True when no broker is configured and work runs in this process."""
@@ -85,6 +110,36 @@ class Settings(BaseSettings):
     def broker(self) -> str | None:
         """The broker URL in clear, for Celery only (never log it)."""
         return None if self.broker_url is None else self.broker_url.get_secret_value()
+
+    def redis_ssl(self) -> dict[str, object]:
+        """TLS options for ``rediss://`` (Celery's ``broker_use_ssl`` and redis-py alike)."""
+        options: dict[str, object] = {
+            "ssl_cert_reqs": ssl.CERT_REQUIRED if self.redis_tls_verify else ssl.CERT_NONE
+        }
+        for key, path in (
+            ("ssl_ca_certs", self.redis_ca_file),
+            ("ssl_certfile", self.redis_cert_file),
+            ("ssl_keyfile", self.redis_key_file),
+        ):
+            if path is not None:
+                options[key] = str(path)
+        return options
+
+
+class SecretFileError(RuntimeError):
+    """A secret file that cannot be used; raised as itself so pydantic does not echo inputs."""
+
+
+def _read_secret(path: Path) -> str:
+    """A secret file's content without the trailing newline editors add."""
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        # The path is not secret; the content is, and is never part of the message.
+        raise SecretFileError(f"cannot read secret file {path}: {exc.strerror}") from None
+    if not value:
+        raise SecretFileError(f"secret file {path} is empty")
+    return value
 
 
 @lru_cache

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from services import RedisServer
 
 #: The real services on this machine; CI starts them, a laptop may not have them.
 REDIS_URL = os.environ.get("CATDOG_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -208,9 +209,8 @@ class WorkerProcess:
         self._fh.close()
 
 
-@pytest.fixture
-def cluster_env(redis_url: str, postgres_url: str, tiny_model: Path) -> dict[str, str]:
-    """Environment of a cluster on the real Redis and PostgreSQL, with the tiny model."""
+def make_cluster_env(broker_url: str, postgres_url: str, model: Path) -> dict[str, str]:
+    """Environment of a cluster on ``broker_url`` and a migrated ``postgres_url``."""
     from db.engine import make_engine
     from db.migrate import upgrade
 
@@ -219,9 +219,9 @@ def cluster_env(redis_url: str, postgres_url: str, tiny_model: Path) -> dict[str
     engine.dispose()
     return {
         **os.environ,
-        "CATDOG_BROKER_URL": redis_url,
+        "CATDOG_BROKER_URL": broker_url,
         "CATDOG_DATABASE_URL": postgres_url,
-        "CATDOG_MODEL": str(tiny_model),
+        "CATDOG_MODEL": str(model),
         "CATDOG_BATCH_SIZE": "4",
         "CATDOG_VISIBILITY_TIMEOUT": "5",
         "TF_CPP_MIN_LOG_LEVEL": "2",
@@ -229,15 +229,17 @@ def cluster_env(redis_url: str, postgres_url: str, tiny_model: Path) -> dict[str
 
 
 @pytest.fixture
-def worker_factory(
-    cluster_env: dict[str, str], tmp_path: Path
-) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start real worker processes; every one still running is stopped at teardown."""
+def cluster_env(redis_url: str, postgres_url: str, tiny_model: Path) -> dict[str, str]:
+    """Environment of a cluster on the real Redis and PostgreSQL, with the tiny model."""
+    return make_cluster_env(redis_url, postgres_url, tiny_model)
+
+
+def _workers(base_env: dict[str, str], logs: Path) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
     def start(queues: str = "inference", wait: bool = True, **env: str) -> WorkerProcess:
         name = f"w{len(started)}-{uuid.uuid4().hex[:6]}"
-        w = WorkerProcess({**cluster_env, **env}, queues, tmp_path / f"{name}.log", name)
+        w = WorkerProcess({**base_env, **env}, queues, logs / f"{name}.log", name)
         started.append(w)
         if wait:
             w.wait_ready()
@@ -246,3 +248,40 @@ def worker_factory(
     yield start
     for w in started:
         w.stop()
+
+
+@pytest.fixture
+def worker_factory(
+    cluster_env: dict[str, str], tmp_path: Path
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start real worker processes; every one still running is stopped at teardown."""
+    yield from _workers(cluster_env, tmp_path)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private Redis server, free to be crashed and restarted by the test."""
+    try:
+        server = RedisServer(tmp_path / "redis")
+        server.start()
+    except Exception as exc:  # noqa: BLE001 - no redis-server binary or it cannot start
+        _service_missing("redis-server", exc)
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def fault_env(own_redis: RedisServer, postgres_url: str, tiny_model: Path) -> dict[str, str]:
+    """Like ``cluster_env`` but on a private Redis, so faults never touch the shared one."""
+    return {
+        **make_cluster_env(own_redis.url(), postgres_url, tiny_model),
+        "CATDOG_VISIBILITY_TIMEOUT": "4",
+    }
+
+
+@pytest.fixture
+def fault_workers(
+    fault_env: dict[str, str], tmp_path: Path
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start real workers on the private Redis; all are stopped at teardown."""
+    yield from _workers(fault_env, tmp_path)

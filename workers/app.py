@@ -6,14 +6,22 @@ lazily inside the worker process (TensorFlow is not fork-safe).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from celery import Celery
 
 from catdog.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 #: Queue of batch inference tasks (GPU workers).
 INFERENCE_QUEUE = "inference"
 #: Queue of training jobs (one training worker, one job at a time).
 TRAINING_QUEUE = "training"
+#: Longest pause between two sweeps that put abandoned batches back in the queue. Kombu's
+#: default (10 s x a throttle of 10) would add up to 100 s to every redelivery.
+RESTORE_SWEEP_MAX_S = 10
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -33,6 +41,10 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout,
+            # Every worker sweeps for batches whose worker died (unacked for longer than the
+            # visibility timeout) at least this often, and once when it starts.
+            "unacked_restore_interval": restore_sweep_s(settings.visibility_timeout),
+            "unacked_restore_throttle": 1,
             # Reconnect instead of dying when Redis restarts.
             "retry_on_timeout": True,
             "socket_keepalive": True,
@@ -55,7 +67,17 @@ def make_celery(settings: Settings) -> Celery:
         worker_pool="solo",
         worker_hijack_root_logger=False,
     )
+    if broker.startswith("rediss://"):
+        # TLS: without these Celery refuses a rediss:// backend, and a CA file is how a
+        # private certificate authority is trusted.
+        app.conf.broker_use_ssl = settings.redis_ssl()
+        app.conf.redis_backend_use_ssl = settings.redis_ssl()
     return app
+
+
+def restore_sweep_s(visibility_timeout: int) -> int:
+    """Seconds between sweeps for abandoned batches: a fraction of the visibility timeout."""
+    return max(1, min(RESTORE_SWEEP_MAX_S, visibility_timeout // 4))
 
 
 def _backend_for(broker: str) -> str | None:
@@ -66,3 +88,14 @@ def _backend_for(broker: str) -> str | None:
 
 
 app = make_celery(get_settings())
+
+
+def broker_redis(settings: Settings) -> Redis | None:
+    """A plain Redis client on the broker (TLS included), or None for other brokers."""
+    url = settings.broker()
+    if url is None or not url.startswith(("redis://", "rediss://")):
+        return None
+    import redis
+
+    ssl = settings.redis_ssl() if url.startswith("rediss://") else {}
+    return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=10, **ssl)

@@ -74,7 +74,7 @@ def decode(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple[np.ndar
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL warns about odd but readable files
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             full_w, full_h = img.size
             if full_w * full_h > max_pixels:
                 raise ImageError(

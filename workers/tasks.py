@@ -1,17 +1,28 @@
-"""Celery tasks: thin shells over the plain functions in :mod:`workers.inference`."""
+"""Celery tasks: thin shells over the plain functions in :mod:`workers.inference`.
+
+The shell adds what only a queue needs: a check of the message, a lease that keeps a running
+batch from being redelivered, retries with backoff while the database is away, and an end
+for batches that fail every time (:mod:`workers.poison`).
+"""
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_shutdown
+from celery.exceptions import Reject
+from celery.signals import task_received, worker_ready, worker_shutdown
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from catdog.settings import get_settings
-from workers.app import app
+from workers.app import app, broker_redis
 from workers.inference import InferenceContext, classify_batch
+from workers.lease import Lease
+from workers.poison import StartCounter, record_failures
 
 log = logging.getLogger(__name__)
 
@@ -19,8 +30,18 @@ log = logging.getLogger(__name__)
 DB_RETRY_BASE_S = 2
 #: Longest wait between two retries of a batch while the database is down.
 DB_RETRY_CAP_S = 60
+#: Retries while the database is away before the batch is dropped with an error: a day at
+#: the cap. Results cannot be stored without the database, so this is deliberately long.
+DB_RETRY_MAX = 1440
+#: Seconds before the first retry of a batch that raised; doubles with each attempt.
+ERROR_RETRY_BASE_S = 1
+#: Ids in one message above which it is refused as malformed (batches are a few hundred).
+MAX_IDS_PER_MESSAGE = 100_000
 
 _context: InferenceContext | None = None
+_starts: StartCounter | None = None
+#: Delivery tag of each received task id: the lease needs it, the task request lacks it.
+_delivery_tags: dict[str, str] = {}
 
 
 def context() -> InferenceContext:
@@ -31,6 +52,30 @@ def context() -> InferenceContext:
     return _context
 
 
+def starts() -> StartCounter:
+    """This process's counter of unfinished batch starts (on the broker's Redis)."""
+    global _starts
+    if _starts is None:
+        _starts = StartCounter(broker_redis(get_settings()))
+    return _starts
+
+
+@worker_ready.connect
+def _warn_about_open_roots(**_: Any) -> None:
+    if not get_settings().store_roots:
+        log.warning(
+            "CATDOG_STORE_ROOTS is not set: this worker reads any folder a scan registered; "
+            "set it to the image stores to confine reads"
+        )
+
+
+@task_received.connect
+def _remember_delivery_tag(request: Any = None, **_: Any) -> None:
+    tag = getattr(getattr(request, "message", None), "delivery_tag", None)
+    if request is not None and tag is not None:
+        _delivery_tags[request.id] = str(tag)
+
+
 @worker_shutdown.connect
 def _close_context(**_: Any) -> None:
     global _context
@@ -39,24 +84,100 @@ def _close_context(**_: Any) -> None:
         _context = None
 
 
+def checked_ids(run_id: object, image_ids: object) -> list[int]:
+    """The batch's image ids, or Reject (acknowledged, logged, never retried) if malformed."""
+
+    def is_int(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if run_id is not None and not is_int(run_id):
+        raise Reject(f"malformed batch message: run id {run_id!r:.40}", requeue=False)
+    if not isinstance(image_ids, list) or not all(is_int(i) for i in image_ids):
+        raise Reject("malformed batch message: image ids must be a list of integers", False)
+    if len(image_ids) > MAX_IDS_PER_MESSAGE:
+        raise Reject(f"malformed batch message: {len(image_ids)} ids in one batch", False)
+    return image_ids
+
+
+def _lease(task_id: str) -> Any:
+    """Refresh this delivery's visibility while the batch runs (no-op without Redis)."""
+    tag = _delivery_tags.pop(task_id, None)
+    client = starts().client
+    if tag is None or client is None:
+        return nullcontext()
+    return Lease(client, tag, every=max(1.0, get_settings().visibility_timeout / 3))
+
+
+@contextmanager
+def _delayed() -> Iterator[None]:
+    # CATDOG_BATCH_DELAY_S: fault tests need batches slow enough to be hit in flight.
+    delay = get_settings().batch_delay_s
+    if delay:
+        time.sleep(delay)
+    yield
+    if delay:
+        time.sleep(delay)
+
+
+def _backoff(base: float, retries: int) -> float:
+    """Doubling delay, capped. A delayed retry is held unacknowledged by a worker: keep it
+    under the visibility timeout, or the broker would hand out copies while it waits."""
+    cap = min(DB_RETRY_CAP_S, max(1, get_settings().visibility_timeout // 2))
+    return float(min(base * 2**retries, cap))
+
+
+def _is_outage(exc: DBAPIError) -> bool:
+    """True for a database that is away (retry later), false for a bad statement."""
+    return isinstance(exc, OperationalError) or exc.connection_invalidated
+
+
 @app.task(name="catdog.classify_batch", bind=True, max_retries=None)
 def classify_batch_task(self: Task, run_id: int | None, image_ids: list[int]) -> dict[str, Any]:
     """Label a batch of registered images and store the results."""
+    ids = checked_ids(run_id, image_ids)
+    settings = get_settings()
+    task_id = self.request.id
+    started = starts().started(task_id)
+    if started > settings.max_retries + 1:
+        # The previous starts never finished: this batch takes its worker down.
+        reason = f"gave up: the batch stopped its worker {started - 1} times (crash or kill)"
+        done, failed = record_failures(context(), run_id, ids, reason)
+        starts().finished(task_id)
+        return {"done": done, "failed": failed, "images": len(ids), "gave_up": reason}
     try:
-        return classify_batch(context(), run_id, image_ids).as_dict()
-    except (OperationalError, DBAPIError) as exc:
-        if (
-            isinstance(exc, DBAPIError)
-            and not exc.connection_invalidated
-            and not isinstance(exc, OperationalError)
-        ):
-            raise
-        # The database is away: keep the batch and try again later rather than drop results.
+        with _lease(task_id), _delayed():
+            result = classify_batch(context(), run_id, ids).as_dict()
+    except DBAPIError as exc:
+        starts().finished(task_id)
         retries = self.request.retries
-        if retries >= get_settings().max_retries * 4:
-            raise
-        delay = min(DB_RETRY_BASE_S * 2**retries, DB_RETRY_CAP_S)
+        if not _is_outage(exc) or retries >= DB_RETRY_MAX:
+            return _give_up_or_retry(self, run_id, ids, exc)
+        # The database is away: keep the batch and try again later rather than drop results.
+        delay = _backoff(DB_RETRY_BASE_S, retries)
         log.warning(
             "database unavailable (%s); retrying batch in %ss", exc.__class__.__name__, delay
         )
-        raise self.retry(exc=exc, countdown=delay) from None
+        raise self.retry(exc=exc, countdown=delay, max_retries=None) from None
+    except Exception as exc:  # noqa: BLE001 - any failure: retry a few times, then record
+        starts().finished(task_id)
+        return _give_up_or_retry(self, run_id, ids, exc)
+    starts().finished(task_id)
+    return result
+
+
+def _give_up_or_retry(
+    task: Task, run_id: int | None, ids: list[int], exc: Exception
+) -> dict[str, Any]:
+    """Retry a failing batch with backoff; past ``max_retries`` store its images as failed."""
+    attempts = task.request.retries + 1
+    limit = get_settings().max_retries
+    if attempts <= limit:
+        log.warning(
+            "batch failed (%s: %s); retry %d of %d", type(exc).__name__, exc, attempts, limit
+        )
+        delay = _backoff(ERROR_RETRY_BASE_S, attempts - 1)
+        raise task.retry(exc=exc, countdown=delay, max_retries=None)
+    log.error("batch failed %d times", attempts, exc_info=exc)
+    reason = f"gave up after {attempts} attempts: {type(exc).__name__}: {exc}"
+    done, failed = record_failures(context(), run_id, ids, reason[:1000])
+    return {"done": done, "failed": failed, "images": len(ids), "gave_up": reason[:1000]}
