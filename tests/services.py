@@ -29,11 +29,17 @@ def free_port() -> int:
 class RedisServer:
     """A private ``redis-server`` with an append-only file, so a restart keeps the queue."""
 
-    def __init__(self, workdir: Path, password: str | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        password: str | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
+    ) -> None:
         if shutil.which("redis-server") is None:
             raise FileNotFoundError("redis-server is not installed")
         self.workdir = workdir
         self.password = password
+        self.tls = tls  # (CA, certificate, key): TLS only, no plain port
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
@@ -41,18 +47,26 @@ class RedisServer:
     def url(self, db: int = 0) -> str:
         """The URL clients use (with the password, when there is one)."""
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{auth}127.0.0.1:{self.port}/{db}"
 
     def start(self) -> None:
         """Start the server (on the same port and files as before) and wait until it answers."""
-        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        args = ["redis-server", "--bind", "127.0.0.1"]
+        if self.tls:
+            ca, cert, key = self.tls
+            args += ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no"]
+            args += ["--tls-ca-cert-file", str(ca), "--tls-cert-file", str(cert)]
+            args += ["--tls-key-file", str(key)]
+        else:
+            args += ["--port", str(self.port)]
         args += ["--dir", str(self.workdir), "--save", "", "--logfile", "redis.log"]
         # Every write is on disk before it is acknowledged: a SIGKILL loses no message.
         args += ["--appendonly", "yes", "--appendfsync", "always"]
         if self.password:
             args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url())
+        client = self.client()
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -81,6 +95,8 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         """A client on database 0."""
+        if self.tls:
+            return redis.Redis.from_url(self.url(), ssl_ca_certs=str(self.tls[0]))
         return redis.Redis.from_url(self.url())
 
 
