@@ -79,6 +79,14 @@ class Settings(BaseSettings):
     #: Flower's state file; set it to keep task history across Flower restarts.
     flower_db: Path | None = None
 
+    @field_validator(
+        "model", "predict_batch_size", "confidence_threshold", "gpu_memory_limit_mb", mode="before"
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `CATDOG_MODEL=` in a compose file or .env means "not set", not the current folder.
+        return None if value == "" else value
+
     @field_validator("store_roots", mode="before")
     @classmethod
     def _split_roots(cls, value: object) -> object:
