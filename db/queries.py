@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Select, and_, bindparam, case, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from db.models import Image, ModelVersion, Prediction, ScanRun, utcnow
 
@@ -111,7 +112,7 @@ def register_images(
     unchanged = [known[p][0] for p in known if p not in changed_paths]
     labeled: set[int] = set()
     for chunk in _chunks(unchanged):
-        cond = [Prediction.image_id.in_(chunk)]
+        cond: list[ColumnElement[bool]] = [Prediction.image_id.in_(chunk)]
         if retry_failed:
             cond.append(Prediction.error.is_(None))
         if relabel:
@@ -190,8 +191,8 @@ def _as_arrays(params: list[dict[str, Any]]) -> dict[str, list[Any]]:
 
 
 _IMAGE_META = (
-    update(Image.__table__)
-    .where(Image.__table__.c.id == bindparam("b_id"))
+    update(Image)
+    .where(Image.id == bindparam("b_id"))
     .values(sha256=bindparam("b_sha"), width=bindparam("b_w"), height=bindparam("b_h"))
 )
 
@@ -272,7 +273,7 @@ def finish_run_if_complete(session: Session, run_id: int) -> None:
     )
 
 
-def latest_predictions(session: Session) -> Select[Any]:
+def latest_predictions(session: Session) -> Select[Image, Prediction, str]:
     """Newest prediction per image, with its image and model version (the export rows)."""
     newest = (
         select(Prediction.image_id, func.max(Prediction.id).label("pid"))
