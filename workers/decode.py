@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,12 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 Image.MAX_IMAGE_PIXELS = None
 #: Truncated files must fail, not decode silently as grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+#: EXIF tag saying how the camera was held.
+EXIF_ORIENTATION = 0x0112
+#: Orientations whose upright picture swaps width and height (turned a quarter).
+TURNED_ORIENTATIONS = frozenset({5, 6, 7, 8})
 
 
 class ImageError(Exception):
@@ -51,7 +58,11 @@ def resolve_inside(store: str, relpath: str, roots: list[Path]) -> Path:
 def read_file(path: Path, max_bytes: int) -> bytes:
     """The file's bytes, with readable reasons for the usual failures."""
     try:
-        size = os.stat(path).st_size
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            # A pipe or device named .jpg would block the reader or never end.
+            raise ImageError("not a regular file (directory, pipe or device)")
+        size = st.st_size
         if size == 0:
             raise ImageError("empty file (0 bytes)")
         if size > max_bytes:
@@ -62,8 +73,6 @@ def read_file(path: Path, max_bytes: int) -> bytes:
         raise ImageError("file not found (deleted or moved since the scan)") from None
     except PermissionError:
         raise ImageError("permission denied") from None
-    except IsADirectoryError:
-        raise ImageError("is a directory, not an image") from None
     except OSError as exc:
         raise ImageError(f"cannot read file: {exc.strerror or exc}") from None
 
@@ -86,6 +95,8 @@ def decode(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple[np.ndar
                 # photos this is most of the decoding time saved.
                 img.draft("RGB", (width * 2, height * 2))
             img.seek(0)  # animated GIF/WebP: the first frame
+            if img.getexif().get(EXIF_ORIENTATION) in TURNED_ORIENTATIONS:
+                full_w, full_h = full_h, full_w  # record the size of the upright picture
             img = ImageOps.exif_transpose(img) or img
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
                 rgba = img.convert("RGBA")
