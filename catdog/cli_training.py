@@ -149,17 +149,12 @@ def _default_model() -> Path:
 
 def format_metrics(metrics: dict[str, Any]) -> str:
     """Metrics as aligned text: headline numbers, then one line per class."""
+    from training.evaluate import HEADLINE_METRICS
+
     lines = [
         f"{k:<20}{metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k:<20}{metrics[k]}"
         for k in (
-            "n",
-            "accuracy",
-            "precision",
-            "recall",
-            "f1",
-            "roc_auc",
-            "log_loss",
-            "ece",
+            *HEADLINE_METRICS,
             "threshold",
             "uncertain_rate",
             "accuracy_when_sure",

@@ -15,6 +15,8 @@ from training.datasets import LabeledImages, discover
 ECE_BINS = 15
 #: Probabilities are clipped this far from 0 and 1 before taking logs.
 LOG_EPS = 1e-7
+#: The headline metrics, in the order reports and commands show them.
+HEADLINE_METRICS = ("n", "accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "ece")
 #: Images per model call while evaluating.
 EVAL_BATCH_SIZE = 64
 

@@ -12,7 +12,7 @@ import json
 import random
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from training.datasets import LabeledImages, discover
-from training.report import html_image, html_page, html_table, plt
+from training.report import contact_sheet, html_image, html_page, html_table, plt
 
 #: Images looked at by default; more are sampled down to this many (seeded).
 DEFAULT_SAMPLE = 30_000
@@ -121,28 +121,9 @@ def _read_all(images: LabeledImages, chosen: list[int]) -> tuple[list[ImageStats
 def _hist(ax: Any, groups: dict[str, list[float]], title: str, bins: int = 30) -> None:
     for name, values in groups.items():
         if values:
-            ax.hist(values, bins=bins, alpha=0.5, label=name)
+            ax.hist(values, bins=bins, alpha=0.5, label=name, histtype="stepfilled")
     ax.set_title(title)
     ax.legend()
-
-
-def _grid(files: list[Path], titles: list[str], path: Path, cols: int = 8) -> str:
-    rows = max(1, -(-len(files) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.8), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, file, title in zip(axes.flat, files, titles, strict=False):
-        try:
-            with Image.open(file) as im:
-                im.draft("RGB", (128, 128))
-                ax.imshow(im.convert("RGB"))
-        except Exception:  # noqa: BLE001 - an unreadable sample is shown as a blank tile
-            pass
-        ax.set_title(title, fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path.name
 
 
 def explore(
@@ -201,8 +182,7 @@ def explore(
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.bar(list(images.counts()), list(images.counts().values()), color="tab:blue")
     ax.set_title("images per class")
-    fig.tight_layout()
-    fig.savefig(out / "class_counts.png", dpi=90)
+    fig.savefig(out / "class_counts.png", dpi=90, bbox_inches="tight")
     plt.close(fig)
 
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
@@ -228,7 +208,7 @@ def explore(
         axes[1, 2].plot(["R", "G", "B"], means, marker="o", label=name)
     axes[1, 2].set_title("mean channel value")
     axes[1, 2].legend()
-    fig.tight_layout()
+    fig.subplots_adjust(hspace=0.3, wspace=0.25, left=0.05, right=0.98, top=0.95, bottom=0.06)
     fig.savefig(out / "distributions.png", dpi=90)
     plt.close(fig)
 
@@ -281,14 +261,16 @@ def explore(
         files = [images.root / images.paths[i] for a, b, _ in shown for i in (a, b)]
         titles = [images.paths[i].rsplit("/", 1)[-1] for a, b, _ in shown for i in (a, b)]
         sections.append(
-            html_image(_grid(files, titles, out / "near_duplicates.png"), "near-duplicate pairs")
+            html_image(
+                contact_sheet(files, titles, out / "near_duplicates.png"), "near-duplicate pairs"
+            )
         )
     else:
         sections.append("<p>None found.</p>")
     sections.append("<h2>Samples</h2>")
     for name, group in by_class.items():
         picks = rng.sample(group, min(SAMPLES_PER_CLASS, len(group)))
-        grid = _grid(
+        grid = contact_sheet(
             [images.root / images.paths[s.index] for s in picks],
             [f"{s.width}x{s.height}" for s in picks],
             out / f"samples_{name}.png",
@@ -299,6 +281,3 @@ def explore(
         html_page(f"catdog data exploration: {images.root.name}", "\n".join(sections))
     )
     return report
-
-
-__all__ = ["ImageStats", "asdict", "explore", "inspect"]

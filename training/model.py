@@ -4,6 +4,9 @@ Every model maps float RGB images (0..255, shape ``(H, W, 3)``) to softmax proba
 over the classes. Rescaling and augmentation are layers inside the model, so inference
 reuses training's preprocessing exactly, and the saved ``.keras`` file loads with
 ``safe_mode=True`` without importing catdog (no Lambda or custom layers).
+
+Call a model with ``model(x, training=False)`` or ``model.predict(x)``: a bare ``model(x)``
+runs the augmentation layers, whose Keras default is to be active.
 """
 
 from __future__ import annotations

@@ -92,10 +92,11 @@ def run_training(
             seed=seed,
             progress=progress,
         )
-        # Recomputed from the same seed: exactly the validation images train() held out.
+        # train() scored the new model on its validation split; the same seed gives the same
+        # split here, so the current model is scored on exactly those images.
+        new_metrics = result.metrics
         images = discover(data)
         _, val_idx = split(images, result.metadata["validation_fraction"], seed)
-        new_metrics = evaluate_on(result.model_file, images, val_idx)
         with sessions() as session:
             baseline_version, baseline_metrics, note = None, None, ""
             try:

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from training import datasets
-from training.evaluate import compute_metrics, predict
+from training.evaluate import HEADLINE_METRICS, compute_metrics, predict
 from training.model import ARCHS, DEFAULT_INPUT_SIZE, SCRATCH_WIDTHS, make_model, save_model
 from training.report import write_training_report
 
@@ -278,10 +278,7 @@ def train(
         "arch": arch,
         "classes": list(images.classes),
         "input_size": [size, size],
-        "metrics": {
-            k: metrics[k]
-            for k in ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "ece", "n")
-        },
+        "metrics": {k: metrics[k] for k in HEADLINE_METRICS},
         "data_fingerprint": datasets.fingerprint(images),
         "data": str(Path(data_dir).resolve()),
         "training_seconds": round(training_seconds, 1),

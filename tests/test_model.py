@@ -1,0 +1,87 @@
+"""``make_model`` and ``save_model``: the model contract every other part relies on."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from training.model import make_model, save_model
+
+
+@pytest.mark.parametrize("arch,size", [("tiny", 32), ("scratch", 64), ("lite0", 32)])
+def test_every_arch_maps_raw_pixels_to_softmax_probabilities(arch: str, size: int) -> None:
+    """Each architecture takes 0..255 images and returns rows of probabilities summing to 1."""
+    model = make_model(arch, (size, size, 3), 2, weights=None)
+    images = np.random.default_rng(0).uniform(0, 255, (3, size, size, 3)).astype("float32")
+    probs = np.asarray(model(images, training=False))
+    assert probs.shape == (3, 2)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_a_single_class_still_gets_two_output_units() -> None:
+    """Softmax heads always have at least two units."""
+    assert make_model("tiny", (32, 32, 3), 1).output_shape == (None, 2)
+
+
+def test_unknown_architectures_are_refused() -> None:
+    """A typo in the architecture name is an error that lists the choices."""
+    with pytest.raises(ValueError, match="tiny, scratch, lite0"):
+        make_model("resnet", (32, 32, 3), 2)
+
+
+def test_augmentation_is_inactive_at_inference() -> None:
+    """The same image gives the same prediction twice: augmentation only runs in training."""
+    model = make_model("scratch", (32, 32, 3), 2, widths=(8, 16))
+    image = np.random.default_rng(1).uniform(0, 255, (1, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(model(image, training=False), model(image, training=False))
+
+
+def _modules(config: object) -> set[str]:
+    if isinstance(config, dict):
+        found = {config["module"]} if isinstance(config.get("module"), str) else set()
+        return found.union(*(_modules(v) for v in config.values()))
+    if isinstance(config, list):
+        return set().union(*(_modules(v) for v in config))
+    return set()
+
+
+def test_saved_models_use_only_keras_layers_and_load_in_safe_mode(tmp_path: Path) -> None:
+    """The .keras file has no custom or Lambda layers and loads with safe_mode, no compile."""
+    model = make_model("scratch", (32, 32, 3), 2, widths=(8, 16))
+    path = save_model(model, tmp_path / "m.keras", {"classes": ["cat", "dog"], "arch": "scratch"})
+    with zipfile.ZipFile(path) as archive:
+        config = archive.read("config.json").decode()
+    assert "Lambda" not in config
+    assert all(m.startswith("keras") for m in _modules(json.loads(config)))
+    loaded = keras.saving.load_model(path, safe_mode=True, compile=False)
+    image = np.full((1, 32, 32, 3), 128.0, "float32")
+    # training=False matters: Keras random layers default to active when called bare.
+    np.testing.assert_allclose(
+        loaded(image, training=False), model(image, training=False), rtol=1e-5
+    )
+
+
+def test_the_sidecar_carries_the_contract_fields(tmp_path: Path) -> None:
+    """model.json sits beside model.keras with arch, classes, input size and preprocessing."""
+    model = make_model("tiny", (32, 24, 3), 2)
+    path = save_model(
+        model, tmp_path / "m.keras", {"classes": ["cat", "dog"], "arch": "tiny", "seed": 7}
+    )
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["classes"] == ["cat", "dog"] and meta["arch"] == "tiny" and meta["seed"] == 7
+    assert meta["input_size"] == [32, 24]
+    assert {"preprocessing", "metrics", "created"} <= meta.keys()
+
+
+def test_saving_without_matching_classes_is_refused(tmp_path: Path) -> None:
+    """Metadata must name the classes, as many as the model has outputs."""
+    model = make_model("tiny", (32, 32, 3), 2)
+    with pytest.raises(ValueError, match="classes"):
+        save_model(model, tmp_path / "m.keras", {"arch": "tiny"})
+    with pytest.raises(ValueError, match="3 outputs|2 outputs"):
+        save_model(model, tmp_path / "m.keras", {"classes": ["a", "b", "c"]})

@@ -1,0 +1,143 @@
+"""``train(...)`` and the training task's plain function ``run_training`` (on SQLite)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+from training_data import make_dataset
+
+from catdog.settings import Settings
+from db.engine import engine_for, session_factory
+from db.models import ModelVersion, TrainingRun
+from training import registry
+from training.datasets import DatasetError
+from training.train import train
+
+#: Shared fixtures (blob_data, tiny_run) live with the data generators.
+pytest_plugins = ["training_data"]
+
+
+def test_training_writes_the_model_its_metadata_history_and_report(tiny_run: Any) -> None:
+    """The run folder holds model.keras, model.json, history.json, report.html and plots."""
+    out = tiny_run.out_dir
+    for name in (
+        "model.keras",
+        "model.json",
+        "history.json",
+        "report.html",
+        "learning_curves.png",
+        "confusion_matrix.png",
+        "roc_curve.png",
+    ):
+        assert (out / name).is_file(), name
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["arch"] == "tiny" and meta["classes"] == ["cat", "dog"]
+    assert meta["input_size"] == [32, 32] and meta["seed"] == 0
+    assert len(meta["data_fingerprint"]) == 16 and meta["training_seconds"] > 0
+    assert meta["n_train"] + meta["n_validation"] == 48
+    history = json.loads((out / "history.json").read_text())
+    assert len(history["loss"]) == 2 and len(history["val_accuracy"]) == 2
+    html = (out / "report.html").read_text()
+    assert "learning_curves.png" in html and "Validation metrics" in html
+
+
+def test_a_tiny_model_learns_red_versus_blue_blobs(tiny_run: Any) -> None:
+    """Two epochs on the generated blobs separate the classes on validation."""
+    assert tiny_run.metrics["roc_auc"] >= 0.95
+    assert tiny_run.metrics["accuracy"] >= 0.8
+    assert tiny_run.metadata["metrics"]["accuracy"] == tiny_run.metrics["accuracy"]
+
+
+def test_progress_is_reported_after_every_epoch(tiny_run: Any) -> None:
+    """The progress hook gets (epoch, epochs, metrics) once per epoch."""
+    calls = tiny_run.progress_calls
+    assert [(epoch, total) for epoch, total, _ in calls] == [(1, 2), (2, 2)]
+    assert {"loss", "val_loss", "accuracy"} <= calls[-1][2].keys()
+
+
+def test_training_is_reproducible_with_a_seed(
+    blob_data: Path, tiny_run: Any, tmp_path: Path
+) -> None:
+    """The same seed and data give the same learning curve."""
+    again = train(blob_data, tmp_path, arch="tiny", epochs=2, seed=0, report=False)
+    np.testing.assert_allclose(again.history["loss"], tiny_run.history["loss"], rtol=1e-4)
+    np.testing.assert_allclose(again.history["val_loss"], tiny_run.history["val_loss"], rtol=1e-4)
+
+
+def test_training_on_a_single_class_is_refused(tmp_path: Path) -> None:
+    """One class cannot train a classifier: the error says so before any training."""
+    root = make_dataset(tmp_path / "d", per_class=4, classes=("cat",))
+    with pytest.raises(DatasetError, match="one class"):
+        train(root, tmp_path / "out", arch="tiny")
+
+
+def test_run_training_promotes_a_first_model_and_keeps_production_when_not_better(
+    blob_data: Path, tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first model is promoted; an equally good retrain is registered but not promoted."""
+    from training.tasks import run_training
+
+    monkeypatch.setattr(registry, "BUNDLED_MODEL", tmp_path / "no-bundled-model.keras")
+    settings = Settings(database_url=sqlite_url, models_dir=tmp_path / "models")
+    epochs: list[int] = []
+    first = run_training(
+        blob_data,
+        "tiny",
+        epochs=1,
+        settings=settings,
+        task_id="t-1",
+        progress=lambda epoch, total, metrics: epochs.append(epoch),
+    )
+    assert first["promoted"] and first["baseline_version"] is None and epochs == [1]
+    second = run_training(blob_data, "tiny", epochs=1, settings=settings)
+    assert not second["promoted"] and second["baseline_version"] == first["version"]
+    # The same data and seed train the same model: neither beats the other.
+    assert second["metrics"]["accuracy"] == second["baseline_metrics"]["accuracy"]
+    with session_factory(engine_for(sqlite_url))() as session:
+        runs = session.scalars(select(TrainingRun).order_by(TrainingRun.id)).all()
+        assert [r.status for r in runs] == ["succeeded"] * 2
+        assert [r.promoted for r in runs] == [True, False]
+        assert runs[0].task_id == "t-1" and runs[1].baseline_metrics["version"] == first["version"]
+        assert runs[0].metrics["accuracy"] == first["metrics"]["accuracy"]
+        production = registry.production(session)
+        assert production is not None and production.version == first["version"]
+        assert Path(production.file).parent == tmp_path / "models"
+        assert len(session.scalars(select(ModelVersion)).all()) == 2
+
+
+def test_promotion_needs_higher_accuracy_or_equal_accuracy_and_lower_log_loss() -> None:
+    """Accuracy decides first, log loss breaks ties, and anything beats no model."""
+    from training.tasks import is_better
+
+    old = {"accuracy": 0.9, "log_loss": 0.3}
+    assert is_better({"accuracy": 0.91, "log_loss": 0.9}, old)
+    assert is_better({"accuracy": 0.9, "log_loss": 0.2}, old)
+    assert not is_better({"accuracy": 0.9, "log_loss": 0.3}, old)
+    assert not is_better({"accuracy": 0.89, "log_loss": 0.1}, old)
+    assert is_better({"accuracy": 0.5, "log_loss": 1.0}, None)
+
+
+def test_a_failed_training_run_is_recorded(tmp_path: Path, sqlite_url: str) -> None:
+    """A job whose data is unusable leaves a failed training_runs row with the reason."""
+    from training.tasks import run_training
+
+    settings = Settings(database_url=sqlite_url, models_dir=tmp_path / "models")
+    with pytest.raises(DatasetError):
+        run_training(tmp_path / "missing", "tiny", settings=settings)
+    with session_factory(engine_for(sqlite_url))() as session:
+        run = session.scalars(select(TrainingRun)).one()
+        assert run.status == "failed" and "not found" in (run.message or "")
+
+
+def test_the_training_task_is_registered_under_its_stable_name() -> None:
+    """Importing training.tasks registers ``catdog.train`` on the workers' Celery app."""
+    import training.tasks  # noqa: F401
+    from workers.app import app
+
+    assert "catdog.train" in app.tasks
+    assert app.conf.task_routes["catdog.train"] == {"queue": "training"}
