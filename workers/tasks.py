@@ -99,9 +99,8 @@ def checked_ids(run_id: object, image_ids: object) -> list[int]:
     return image_ids
 
 
-def _lease(task_id: str) -> Any:
+def _lease(tag: str | None) -> Any:
     """Refresh this delivery's visibility while the batch runs (no-op without Redis)."""
-    tag = _delivery_tags.pop(task_id, None)
     client = starts().client
     if tag is None or client is None:
         return nullcontext()
@@ -134,21 +133,23 @@ def _is_outage(exc: DBAPIError) -> bool:
 @app.task(name="catdog.classify_batch", bind=True, max_retries=None)
 def classify_batch_task(self: Task, run_id: int | None, image_ids: list[int]) -> dict[str, Any]:
     """Label a batch of registered images and store the results."""
-    ids = checked_ids(run_id, image_ids)
-    settings = get_settings()
     task_id = self.request.id
+    tag = _delivery_tags.pop(task_id, None)
+    ids = checked_ids(run_id, image_ids)
     started = starts().started(task_id)
-    if started > settings.max_retries + 1:
-        # The previous starts never finished: this batch takes its worker down.
-        reason = f"gave up: the batch stopped its worker {started - 1} times (crash or kill)"
-        done, failed = record_failures(context(), run_id, ids, reason)
-        starts().finished(task_id)
-        return {"done": done, "failed": failed, "images": len(ids), "gave_up": reason}
+    # Past the limit, the previous starts never finished: this batch takes its worker down.
+    crashed = started > get_settings().max_retries + 1
     try:
-        with _lease(task_id), _delayed():
-            result = classify_batch(context(), run_id, ids).as_dict()
+        if crashed:
+            reason = f"gave up: the batch stopped its worker {started - 1} times (crash or kill)"
+            done, failed = record_failures(context(), run_id, ids, reason)
+            result = {"done": done, "failed": failed, "images": len(ids), "gave_up": reason}
+        else:
+            with _lease(tag), _delayed():
+                result = classify_batch(context(), run_id, ids).as_dict()
     except DBAPIError as exc:
-        starts().finished(task_id)
+        if not crashed:
+            starts().finished(task_id)
         retries = self.request.retries
         if not _is_outage(exc) or retries >= DB_RETRY_MAX:
             return _give_up_or_retry(self, run_id, ids, exc)
