@@ -10,6 +10,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 #: SQLite waits this long for a lock instead of failing with "database is locked".
 SQLITE_BUSY_TIMEOUT_S = 30
+#: Seconds to wait for PostgreSQL to answer a new connection. A server behind a dropped
+#: route would otherwise hang a worker for the kernel's TCP timeout (minutes) per attempt.
+PG_CONNECT_TIMEOUT_S = 10
+#: TCP keepalives find a dead server on an idle pooled connection (seconds, libpq names).
+PG_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10}
 
 
 def normalise_url(url: str) -> str:
@@ -37,7 +42,13 @@ def make_engine(url: str) -> Engine:
 
         return engine
     # pre_ping: a database restart must not leave dead connections in the pool.
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=5,
+        connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S, **PG_KEEPALIVES},
+    )
 
 
 @lru_cache(maxsize=8)

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 from celery import Celery
 
 from workers.app import INFERENCE_QUEUE
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two attempts to read the queue length while the broker is away.
+RECONNECT_PAUSE_S = 1.0
 
 
 class BrokerQueue:
@@ -27,7 +35,16 @@ class BrokerQueue:
         )
 
     def depth(self) -> int:
-        """Messages waiting in the inference queue (not counting ones being worked on)."""
-        with self.app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=None, interval_start=0.5, interval_max=5)
-            return int(conn.default_channel.client.llen(INFERENCE_QUEUE))
+        """Messages waiting in the inference queue (not counting ones being worked on).
+
+        Waits out a broker restart: the connection can drop between connecting and asking.
+        """
+        while True:
+            with self.app.connection_for_write() as conn:
+                errors = conn.connection_errors + conn.channel_errors
+                try:
+                    conn.ensure_connection(max_retries=None, interval_start=0.5, interval_max=5)
+                    return int(conn.default_channel.client.llen(INFERENCE_QUEUE))
+                except errors as exc:
+                    log.warning("broker unavailable (%s); retrying", type(exc).__name__)
+            time.sleep(RECONNECT_PAUSE_S)

@@ -16,7 +16,7 @@ import pytest
 from conftest import make_image
 from services import RedisServer, TcpProxy
 
-from runs import count_predictions, scan_held, scan_with_broker, wait_for_run
+from runs import count_predictions, scan_held, scan_with_broker, settings_for, wait_for_run
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -76,12 +76,39 @@ def test_a_redis_restart_during_a_scan_loses_nothing(
     scanner.start()
     db = fault_env["CATDOG_DATABASE_URL"]
     _wait_until(lambda: count_predictions(db) >= 4, what="the first batch")
+    assert scanner.is_alive(), "the restart must hit the producer while it still sends"
     own_redis.restart(down_s=1.0)
     scanner.join(timeout=120)
     assert not scanner.is_alive(), "the producer did not finish after the restart"
     count = wait_for_run(db, result["s"].run_id, timeout=120)  # type: ignore[attr-defined]
     assert count.exactly_once, count
     assert count.labeled == 40
+
+
+def test_the_producer_waits_out_a_broker_outage(fault_env, own_redis: RedisServer):
+    """With Redis down, reading the queue length and sending a batch both wait for it to come
+    back instead of failing the scan."""
+    from producer.queue import BrokerQueue
+    from workers.app import make_celery
+
+    app = make_celery(settings_for(fault_env))
+    queue = BrokerQueue(app, "store")
+    own_redis.kill()
+    done: list[int] = []
+
+    def produce() -> None:
+        done.append(queue.depth())
+        queue.send(1, [1, 2, 3])
+        done.append(queue.depth())
+
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    time.sleep(1.5)
+    assert producer.is_alive() and done == []
+    own_redis.start()
+    producer.join(timeout=30)
+    app.close()
+    assert done == [0, 1]
 
 
 def test_a_database_outage_delays_the_run_without_losing_results(
