@@ -234,7 +234,9 @@ def cluster_env(redis_url: str, postgres_url: str, tiny_model: Path) -> dict[str
     return make_cluster_env(redis_url, postgres_url, tiny_model)
 
 
-def _workers(base_env: dict[str, str], logs: Path) -> Iterator[Callable[..., WorkerProcess]]:
+def _workers(
+    base_env: dict[str, str], logs: Path, stop_signal: int | None = None
+) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
     def start(queues: str = "inference", wait: bool = True, **env: str) -> WorkerProcess:
@@ -247,7 +249,7 @@ def _workers(base_env: dict[str, str], logs: Path) -> Iterator[Callable[..., Wor
 
     yield start
     for w in started:
-        w.stop()
+        w.stop(stop_signal)
 
 
 @pytest.fixture
@@ -283,5 +285,8 @@ def fault_env(own_redis: RedisServer, postgres_url: str, tiny_model: Path) -> di
 def fault_workers(
     fault_env: dict[str, str], tmp_path: Path
 ) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start real workers on the private Redis; all are stopped at teardown."""
-    yield from _workers(fault_env, tmp_path)
+    """Start real workers on the private Redis; all are killed at teardown (their Redis goes
+    with them, so a warm shutdown would only cost time)."""
+    import signal
+
+    yield from _workers(fault_env, tmp_path, signal.SIGKILL)
