@@ -13,8 +13,8 @@ from training_data import make_dataset
 
 from catdog.cli import main
 
-#: Shared fixtures (blob_data, tiny_run) live with the data generators.
-pytest_plugins = ["training_data"]
+#: Shared fixtures: blob_data (generated images) and tiny_run (a model trained on them).
+pytest_plugins = ["training_fixtures"]
 
 
 def invoke(*args: str) -> Any:

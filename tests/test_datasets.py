@@ -16,8 +16,8 @@ from training.datasets import (
     split,
 )
 
-#: Shared fixtures (blob_data, tiny_run) live with the data generators.
-pytest_plugins = ["training_data"]
+#: Shared fixtures: blob_data (generated images) and tiny_run (a model trained on them).
+pytest_plugins = ["training_fixtures"]
 
 
 def test_class_folders_become_sorted_classes_with_their_images(blob_data: Path) -> None:

@@ -12,8 +12,8 @@ from training_data import make_dataset
 
 from training.evaluate import compute_metrics, evaluate, expected_calibration_error, roc_auc
 
-#: Shared fixtures (blob_data, tiny_run) live with the data generators.
-pytest_plugins = ["training_data"]
+#: Shared fixtures: blob_data (generated images) and tiny_run (a model trained on them).
+pytest_plugins = ["training_fixtures"]
 
 
 def test_perfect_predictions_score_perfectly() -> None:

@@ -13,7 +13,7 @@ import pytest
 from training.model import make_model, save_model
 
 
-@pytest.mark.parametrize("arch,size", [("tiny", 32), ("scratch", 64), ("lite0", 32)])
+@pytest.mark.parametrize("arch,size", [("tiny", 32), ("scratch", 64)])
 def test_every_arch_maps_raw_pixels_to_softmax_probabilities(arch: str, size: int) -> None:
     """Each architecture takes 0..255 images and returns rows of probabilities summing to 1."""
     model = make_model(arch, (size, size, 3), 2, weights=None)
@@ -21,6 +21,23 @@ def test_every_arch_maps_raw_pixels_to_softmax_probabilities(arch: str, size: in
     probs = np.asarray(model(images, training=False))
     assert probs.shape == (3, 2)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_lite0_puts_a_softmax_head_on_the_named_backbone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """lite0 wraps ``build_lite0`` (stubbed here: tests/test_lite0.py covers the real one)."""
+    from training import lite0
+
+    def small_backbone(
+        input_shape: tuple[int, int, int], include_top: bool = False, pooling: str = "avg"
+    ) -> keras.Model:
+        inputs = keras.Input(input_shape)
+        return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs))
+
+    monkeypatch.setattr(lite0, "build_lite0", small_backbone)
+    model = make_model("lite0", (32, 32, 3), 3, weights=None)
+    assert model.get_layer("backbone").output_shape == (None, 3)
+    assert model.output_shape == (None, 3)
+    assert model.get_layer("predictions").get_config()["activation"] == "softmax"
 
 
 def test_a_single_class_still_gets_two_output_units() -> None:

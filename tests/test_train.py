@@ -18,8 +18,8 @@ from training import registry
 from training.datasets import DatasetError
 from training.train import train
 
-#: Shared fixtures (blob_data, tiny_run) live with the data generators.
-pytest_plugins = ["training_data"]
+#: Shared fixtures: blob_data (generated images) and tiny_run (a model trained on them).
+pytest_plugins = ["training_fixtures"]
 
 
 def test_training_writes_the_model_its_metadata_history_and_report(tiny_run: Any) -> None:
@@ -141,3 +141,37 @@ def test_the_training_task_is_registered_under_its_stable_name() -> None:
 
     assert "catdog.train" in app.tasks
     assert app.conf.task_routes["catdog.train"] == {"queue": "training"}
+
+
+def test_lite0_goes_through_the_cached_feature_trainer(
+    blob_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """arch lite0 calls training.transfer.train and adds history, metrics and the report."""
+    from training import transfer
+    from training.model import make_model, save_model
+
+    def fake_transfer(data_dir: Path, out: Path, seed: int = 0, **kwargs: Any) -> dict[str, Any]:
+        meta = {
+            "arch": "lite0",
+            "classes": ["cat", "dog"],
+            "training_seconds": 1.5,
+            "training": {
+                "history": [{"loss": 0.7, "val_accuracy": 0.5}, {"loss": 0.5, "val_accuracy": 0.6}]
+            },
+        }
+        save_model(make_model("tiny", (32, 32, 3), 2), out, meta)
+        return meta
+
+    monkeypatch.setattr(transfer, "train", fake_transfer)
+    calls: list[int] = []
+    result = train(
+        blob_data,
+        tmp_path,
+        arch="lite0",
+        progress=lambda epoch, total, metrics: calls.append(epoch),
+    )
+    assert result.history == {"loss": [0.7, 0.5], "val_accuracy": [0.5, 0.6]}
+    assert result.validation_fraction == transfer.VALIDATION_FRACTION
+    assert result.metrics["n"] == len(result.validation_files) > 0
+    assert result.training_seconds == 1.5 and calls == [2]
+    assert (tmp_path / "report.html").is_file() and (tmp_path / "history.json").is_file()

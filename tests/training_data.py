@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pytest
 from PIL import Image
 
 #: Side of the generated images; tests train at 32x32, so anything larger is resized.
@@ -51,27 +49,3 @@ def add_near_duplicates(root: Path, pairs: list[tuple[str, str]]) -> None:
     """Write a ``near_duplicate_pairs.txt`` in the shared data set's format."""
     lines = [f"{a} {b} {i}" for i, (a, b) in enumerate(pairs)]
     (root / "near_duplicate_pairs.txt").write_text("\n".join(lines) + "\n")
-
-
-@pytest.fixture(scope="session")
-def blob_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A class-per-folder set of 24 cats and 24 dogs, shared by the session's tests."""
-    return make_dataset(tmp_path_factory.mktemp("blobs") / "data")
-
-
-@pytest.fixture(scope="session")
-def tiny_run(blob_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """A ``tiny`` model trained for two epochs on ``blob_data``, with its progress calls."""
-    from training.train import train
-
-    calls: list[tuple[int, int, dict[str, float]]] = []
-    result = train(
-        blob_data,
-        tmp_path_factory.mktemp("tiny_run"),
-        arch="tiny",
-        epochs=2,
-        seed=0,
-        progress=lambda epoch, epochs, metrics: calls.append((epoch, epochs, metrics)),
-    )
-    result.progress_calls = calls  # type: ignore[attr-defined]
-    return result

@@ -96,7 +96,7 @@ def run_training(
         # split here, so the current model is scored on exactly those images.
         new_metrics = result.metrics
         images = discover(data)
-        _, val_idx = split(images, result.metadata["validation_fraction"], seed)
+        _, val_idx = split(images, result.validation_fraction, seed)
         with sessions() as session:
             baseline_version, baseline_metrics, note = None, None, ""
             try:

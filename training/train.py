@@ -9,7 +9,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,11 +17,11 @@ from typing import Any
 import keras
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from training import datasets
 from training.evaluate import HEADLINE_METRICS, compute_metrics, predict
 from training.model import ARCHS, DEFAULT_INPUT_SIZE, SCRATCH_WIDTHS, make_model, save_model
+from training.progress import EpochProgress, ProgressFn
 from training.report import write_training_report
 
 #: Epochs when the caller gives none; early stopping usually ends scratch runs sooner.
@@ -41,9 +41,6 @@ FINE_TUNE_PREFIXES = ("block6", "block7", "top")
 #: lite0: fine-tuning learning rate relative to the head phase's.
 FINE_TUNE_LR_FACTOR = 0.1
 
-#: Called after each epoch with (epoch number from 1, total epochs, metrics of the epoch).
-ProgressFn = Callable[[int, int, dict[str, float]], None]
-
 
 @dataclass
 class TrainResult:
@@ -57,63 +54,8 @@ class TrainResult:
     training_seconds: float
     report: Path | None = None
     validation_files: list[str] = field(default_factory=list)
-
-
-class _EpochProgress(keras.callbacks.Callback):
-    """A rich progress bar per epoch, a log line after each, and the caller's hook."""
-
-    def __init__(
-        self,
-        epochs: int,
-        steps: int,
-        first_epoch: int,
-        hook: ProgressFn | None,
-        console: Console | None,
-    ) -> None:
-        super().__init__()
-        self.epochs, self.steps, self.first_epoch = epochs, steps, first_epoch
-        self.hook, self.console = hook, console
-        self.bar: Progress | None = None
-        self.task: Any = None
-
-    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        if self.console is not None and self.console.is_terminal:
-            self.bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=self.console,
-                transient=True,
-            )
-            self.bar.start()
-
-    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if self.bar is not None:
-            if self.task is not None:
-                self.bar.remove_task(self.task)
-            self.task = self.bar.add_task(
-                f"epoch {self.first_epoch + epoch + 1}/{self.epochs}", total=self.steps
-            )
-
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if self.bar is not None:
-            self.bar.advance(self.task)
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        metrics = {k: float(v) for k, v in (logs or {}).items()}
-        number = self.first_epoch + epoch + 1
-        if self.console is not None:
-            shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-            self.console.print(f"epoch {number}/{self.epochs}  {shown}")
-        if self.hook is not None:
-            self.hook(number, self.epochs, metrics)
-
-    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
-            self.task = None
+    #: The share held out by the seeded split (the training task re-creates that split).
+    validation_fraction: float = datasets.VALIDATION_FRACTION
 
 
 def _optimizer(learning_rate: float, epochs: int, steps: int) -> keras.optimizers.Optimizer:
@@ -150,14 +92,17 @@ def _fit(
     stopper = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=EARLY_STOPPING_PATIENCE, restore_best_weights=True
     )
-    bar = _EpochProgress(total_epochs, steps, first_epoch, progress, console)
-    history = model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=epochs,
-        verbose=0,
-        callbacks=[*callbacks, stopper, bar],
-    )
+    bar = EpochProgress(total_epochs, steps, first_epoch, progress, console)
+    with warnings.catch_warnings():
+        # tf.data pipelines are shuffled and sized by themselves; Keras warns regardless.
+        warnings.filterwarnings("ignore", message=".*(shuffle=True|ran out of data).*")
+        history = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=epochs,
+            verbose=0,
+            callbacks=[*callbacks, stopper, bar],
+        )
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
 
@@ -170,6 +115,92 @@ def _set_lite0_phase(model: keras.Model, fine_tune: bool) -> None:
             layer.trainable = layer.name.startswith(FINE_TUNE_PREFIXES) and not isinstance(
                 layer, keras.layers.BatchNormalization
             )
+
+
+def _fit_phases(
+    arch: str,
+    model: keras.Model,
+    train_ds: Any,
+    val_ds: Any,
+    epochs: int,
+    learning_rate: float,
+    common: dict[str, Any],
+) -> dict[str, list[float]]:
+    """One phase for CNNs; for lite0 the head on a frozen backbone, then the top blocks too."""
+    if arch != "lite0":
+        return _fit(
+            model,
+            train_ds,
+            val_ds,
+            epochs=epochs,
+            first_epoch=0,
+            learning_rate=learning_rate,
+            **common,
+        )
+    head_epochs = max(1, round(epochs * HEAD_EPOCHS_SHARE))
+    _set_lite0_phase(model, fine_tune=False)
+    history = _fit(
+        model,
+        train_ds,
+        val_ds,
+        epochs=head_epochs,
+        first_epoch=0,
+        learning_rate=learning_rate,
+        **common,
+    )
+    if epochs > head_epochs:
+        _set_lite0_phase(model, fine_tune=True)
+        more = _fit(
+            model,
+            train_ds,
+            val_ds,
+            epochs=epochs - head_epochs,
+            first_epoch=head_epochs,
+            learning_rate=learning_rate * FINE_TUNE_LR_FACTOR,
+            **common,
+        )
+        history = {k: history.get(k, []) + more.get(k, []) for k in history | more}
+    return history
+
+
+def finish_run(
+    out: Path,
+    history: dict[str, list[float]],
+    validation: tuple[np.ndarray, np.ndarray, list[str]],
+    metrics: dict[str, Any],
+    training_seconds: float,
+    validation_fraction: float,
+    title: str,
+    report: bool = True,
+) -> TrainResult:
+    """Write history, validation metrics and predictions and the report beside the saved
+    ``model.keras``; ``validation`` is ``(y_true, probs, files)``.
+    """
+    y_val, probs, files = validation
+    (out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+    (out / "validation_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    # Kept so the report can be redrawn without predicting again.
+    np.savez_compressed(
+        out / "validation_predictions.npz", y_true=y_val, probs=probs, files=np.array(files)
+    )
+    model_file = out / "model.keras"
+    metadata = json.loads(model_file.with_suffix(".json").read_text())
+    page = None
+    if report:
+        page = write_training_report(
+            out, history, np.asarray(y_val), probs, metadata["classes"], files, metrics, title=title
+        )
+    return TrainResult(
+        out,
+        model_file,
+        metadata,
+        metrics,
+        history,
+        training_seconds,
+        page,
+        list(files),
+        validation_fraction,
+    )
 
 
 def train(
@@ -195,6 +226,12 @@ def train(
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}: choose one of {', '.join(ARCHS)}")
+    if arch == "lite0":
+        from training.train_lite0 import train_cached_lite0
+
+        cached = train_cached_lite0(data_dir, out_dir, epochs, input_size, seed, progress, report)
+        if cached is not None:
+            return cached
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     images = datasets.discover(data_dir)
@@ -233,46 +270,14 @@ def train(
             "progress": progress,
             "console": console,
         }
-        if arch == "lite0":
-            head_epochs = max(1, round(epochs * HEAD_EPOCHS_SHARE))
-            _set_lite0_phase(model, fine_tune=False)
-            history = _fit(
-                model,
-                train_ds,
-                val_ds,
-                epochs=head_epochs,
-                first_epoch=0,
-                learning_rate=learning_rate,
-                **common,
-            )
-            if epochs > head_epochs:
-                _set_lite0_phase(model, fine_tune=True)
-                more = _fit(
-                    model,
-                    train_ds,
-                    val_ds,
-                    epochs=epochs - head_epochs,
-                    first_epoch=head_epochs,
-                    learning_rate=learning_rate * FINE_TUNE_LR_FACTOR,
-                    **common,
-                )
-                history = {k: history.get(k, []) + more.get(k, []) for k in history | more}
-        else:
-            history = _fit(
-                model,
-                train_ds,
-                val_ds,
-                epochs=epochs,
-                first_epoch=0,
-                learning_rate=learning_rate,
-                **common,
-            )
+        history = _fit_phases(arch, model, train_ds, val_ds, epochs, learning_rate, common)
         training_seconds = time.perf_counter() - started
         best = keras.saving.load_model(checkpoint, safe_mode=True, compile=False)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
     y_val, probs, kept = predict(best, val_files, val_labels, (size, size))
+    kept_files = [val_files[i] for i in kept]
     metrics = compute_metrics(y_val, probs, images.classes)
     metadata = {
         "arch": arch,
@@ -294,36 +299,18 @@ def train(
         "keras": keras.__version__,
         "tensorflow": tf.__version__,
     }
-    model_file = save_model(best, out / "model.keras", metadata)
+    save_model(best, out / "model.keras", metadata)
     checkpoint.unlink(missing_ok=True)
-    (out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
-    (out / "validation_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    kept_files = [val_files[i] for i in kept]
-    result = TrainResult(
+    return finish_run(
         out,
-        model_file,
-        json.loads(model_file.with_suffix(".json").read_text()),
-        metrics,
         history,
+        (y_val, probs, kept_files),
+        metrics,
         training_seconds,
-        validation_files=kept_files,
+        validation_fraction,
+        f"catdog {arch} model",
+        report,
     )
-    # Kept so the report can be redrawn without predicting again.
-    np.savez_compressed(
-        out / "validation_predictions.npz", y_true=y_val, probs=probs, files=np.array(kept_files)
-    )
-    if report:
-        result.report = write_training_report(
-            out,
-            history,
-            np.asarray(y_val),
-            probs,
-            list(images.classes),
-            kept_files,
-            metrics,
-            title=f"catdog {arch} model",
-        )
-    return result
 
 
 def copy_outputs(result: TrainResult, target: str | Path) -> Path:
