@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, func, select
+from sqlalchemy.orm import Session
 
 from db.models import Prediction, ScanRun
+from workers.metrics import metrics_text
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -47,7 +49,11 @@ def test_scan_wait_labels_every_image_exactly_once(
         assert conn.scalar(select(func.count()).select_from(Prediction)) == 18
     exported = _catdog(cluster_env, "export", "--format", "jsonl")
     assert len(exported.stdout.splitlines()) == 18
+    with Session(engine) as session:
+        metrics = metrics_text(session, cluster_env["CATDOG_BROKER_URL"])
     engine.dispose()
+    worker_lines = [x for x in metrics.splitlines() if x.startswith("catdog_worker_images_total{")]
+    assert len(worker_lines) == 1 and worker_lines[0].endswith(" 18")
 
 
 def test_status_shows_the_finished_run(worker_factory, cluster_env, photo_dir: Path):

@@ -22,6 +22,7 @@ from catdog.settings import get_settings
 from workers.app import app, broker_redis
 from workers.inference import InferenceContext, classify_batch
 from workers.lease import Lease
+from workers.metrics import observe_batch
 from workers.poison import StartCounter, record_failures
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,7 @@ def classify_batch_task(self: Task, run_id: int | None, image_ids: list[int]) ->
         else:
             with _lease(tag), _delayed():
                 result = classify_batch(context(), run_id, ids).as_dict()
+            observe_batch(int(result["images"]), float(result["seconds"]), self.request.hostname)
     except DBAPIError as exc:
         if not crashed:
             starts().finished(task_id)
