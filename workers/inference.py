@@ -84,6 +84,8 @@ class InferenceContext:
                 [str(c) for c in version.classes],
                 (int(version.input_size[0]), int(version.input_size[1])),
                 self.settings.predict_batch_size,
+                self.settings.gpu_memory_limit_mb,
+                self.settings.mixed_precision,
             )
         return self.model
 

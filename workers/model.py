@@ -94,11 +94,13 @@ def load_model(
     classes: list[str],
     input_size: tuple[int, int],
     predict_batch: int | None = None,
+    gpu_memory_limit_mb: int | None = None,
+    mixed_precision: bool = False,
 ) -> LoadedModel:
     """Load a ``.keras`` file in safe mode (a model file cannot run code on load)."""
     import keras
 
-    n_gpus = configure_tensorflow()
+    n_gpus = configure_tensorflow(gpu_memory_limit_mb, mixed_precision)
     model = keras.saving.load_model(str(file), compile=False, safe_mode=True)
     n_out = int(model.outputs[0].shape[-1])
     if n_out != len(classes):
