@@ -93,6 +93,19 @@ def explore(data: Path, out_dir: Path, sample: int | None) -> None:
     help="Output folder (default: runs/ARCH).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--learning-rate",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Peak learning rate (default: per arch).",
+)
+@click.option(
+    "--init",
+    "initial_model",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Continue from this .keras model's weights (same classes).",
+)
 def train(
     data: Path,
     arch: str,
@@ -102,6 +115,8 @@ def train(
     widths: str | None,
     out_dir: Path | None,
     seed: int,
+    learning_rate: float | None,
+    initial_model: Path | None,
 ) -> None:
     """Train a model locally; writes model.keras, model.json, history and report.html."""
     from rich.console import Console
@@ -110,6 +125,8 @@ def train(
 
     try:
         discover(data)  # fail on bad data before TensorFlow loads
+        if initial_model is not None and not initial_model.is_file():
+            raise FileNotFoundError(f"model file not found: {initial_model}")
         parsed = tuple(int(w) for w in widths.split(",")) if widths else None
     except _user_errors() as exc:
         raise _fail(exc) from exc
@@ -127,6 +144,8 @@ def train(
             seed=seed,
             widths=parsed,
             console=console,
+            learning_rate=learning_rate,
+            initial_model=initial_model,
         )
     except _user_errors() as exc:
         raise _fail(exc) from exc

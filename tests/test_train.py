@@ -175,3 +175,14 @@ def test_lite0_goes_through_the_cached_feature_trainer(
     assert result.metrics["n"] == len(result.validation_files) > 0
     assert result.training_seconds == 1.5 and calls == [2]
     assert (tmp_path / "report.html").is_file() and (tmp_path / "history.json").is_file()
+
+
+def test_training_can_continue_from_an_earlier_model(
+    blob_data: Path, tiny_run: Any, tmp_path: Path
+) -> None:
+    """``initial_model`` starts from trained weights: the first epoch begins where they left off."""
+    more = train(
+        blob_data, tmp_path, arch="tiny", epochs=1, initial_model=tiny_run.model_file, report=False
+    )
+    assert more.metadata["initial_model"] == str(tiny_run.model_file)
+    assert more.history["loss"][0] < tiny_run.history["loss"][0]

@@ -32,6 +32,9 @@ DEFAULT_BATCH_SIZE = {"tiny": 8, "scratch": 64, "lite0": 32}
 DEFAULT_LEARNING_RATE = {"tiny": 1e-2, "scratch": 2e-3, "lite0": 1e-3}
 #: Epochs without a better validation loss before training stops.
 EARLY_STOPPING_PATIENCE = 4
+#: Early stopping watches only the second half of the epochs: while the cosine schedule's
+#: learning rate is high, validation loss jumps about without meaning the run has peaked.
+EARLY_STOPPING_FROM = 0.5
 #: AdamW decoupled weight decay: a light regulariser for the small from-scratch CNN.
 WEIGHT_DECAY = 0.01
 #: lite0: share of the epochs spent training only the new head on a frozen backbone.
@@ -90,7 +93,10 @@ def _fit(
         metrics=["accuracy"],
     )
     stopper = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=EARLY_STOPPING_PATIENCE, restore_best_weights=True
+        monitor="val_loss",
+        patience=EARLY_STOPPING_PATIENCE,
+        restore_best_weights=True,
+        start_from_epoch=int(epochs * EARLY_STOPPING_FROM),
     )
     bar = EpochProgress(total_epochs, steps, first_epoch, progress, console)
     with warnings.catch_warnings():
@@ -218,15 +224,22 @@ def train(
     widths: tuple[int, ...] | None = None,
     console: Console | None = None,
     report: bool = True,
+    initial_model: str | Path | None = None,
 ) -> TrainResult:
     """Train an ``arch`` model on ``data_dir`` and write it with its report to ``out_dir``.
 
     The split is stratified and keeps near-duplicates together; the best epoch by
     validation loss is kept. ``console`` shows a progress bar and a line per epoch.
+    ``initial_model`` (a ``.keras`` file with the same classes) continues training from
+    its weights instead of random ones; its input size wins over ``input_size``.
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}: choose one of {', '.join(ARCHS)}")
-    if arch == "lite0":
+    start: keras.Model | None = None
+    if initial_model is not None:
+        start = keras.saving.load_model(Path(initial_model), safe_mode=True, compile=False)
+        input_size = int(start.input_shape[1])
+    elif arch == "lite0":
         from training.train_lite0 import train_cached_lite0
 
         cached = train_cached_lite0(data_dir, out_dir, epochs, input_size, seed, progress, report)
@@ -258,7 +271,7 @@ def train(
         )
         val_ds = datasets.make_pipeline(val_files, val_labels, (size, size), batch_size)
         steps = math.ceil(len(train_files) / batch_size)
-        model = make_model(
+        model = start or make_model(
             arch, (size, size, 3), len(images.classes), seed=seed, widths=widths or SCRATCH_WIDTHS
         )
         checkpoint = out / "checkpoint.keras"
@@ -291,6 +304,7 @@ def train(
         "epochs": len(next(iter(history.values()), [])),
         "batch_size": batch_size,
         "learning_rate": learning_rate,
+        "initial_model": str(initial_model) if initial_model else None,
         "validation_fraction": validation_fraction,
         "split": "stratified by class, near-duplicate pairs kept together",
         "n_train": len(train_idx),
