@@ -218,6 +218,7 @@ def train(
     seed: int = 0,
     cache_root: str | Path | None = None,
     tune_epochs: int = TUNE_EPOCHS,
+    views: Sequence[str] = VIEWS,
 ) -> dict[str, Any]:
     """Train on `data_dir`, save `out` (``.keras``) with its ``.json``; return the metadata."""
     import keras
@@ -235,7 +236,9 @@ def train(
     backbone, front, tail = _split_backbone(size)
     fingerprint = datasets.fingerprint(images)
     cache = Path(cache_root or cache_dir()) / f"transfer-{fingerprint}-{size}-s{seed}"
-    cached = {view: extract(front, files, size, view, seed, cache) for view in VIEWS}
+    if "photo" not in views or not set(views) <= set(VIEWS):
+        raise ValueError(f"views must include 'photo' and come from {VIEWS}, not {views}")
+    cached = {view: extract(front, files, size, view, seed, cache) for view in views}
     extracted = time.perf_counter()
     ok = np.logical_and.reduce([good for _, good in cached.values()])
     train_rows = np.array([i for i in train_idx if ok[i]])
@@ -247,7 +250,7 @@ def train(
     steps = (len(train_rows) + BATCH - 1) // BATCH
     # Stage 1: the head alone, on pooled features of the frozen tail (one pass per view).
     pooled = keras.Sequential([tail, pool])
-    features = {view: _predict(pooled, cached[view][0]) for view in VIEWS}
+    features = {view: _predict(pooled, cached[view][0]) for view in views}
     vector = keras.Input((int(pooled.output_shape[-1]),))
     stage1 = keras.Model(vector, dense(drop(vector)))
     pooled_val = (features["photo"][val_rows], val[1])
@@ -291,7 +294,7 @@ def train(
                 "validation": len(val_rows),
             },
             "cut_layer": CUT_LAYER,
-            "views": list(VIEWS),
+            "views": list(views),
             "history": history,
             "extract_seconds": round(extracted - started, 1),
             "fit_seconds": round(trained - extracted, 1),
@@ -322,6 +325,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=TUNE_EPOCHS, help="fine-tuning epochs")
     parser.add_argument("--cache-dir", help="where activations are cached")
     parser.add_argument(
+        "--views",
+        nargs="+",
+        default=list(VIEWS),
+        choices=VIEWS,
+        help="views of each image cached and trained on",
+    )
+    parser.add_argument(
         "--speed", type=int, nargs="*", metavar="SIZE", help="only measure images/s at these sizes"
     )
     args = parser.parse_args(argv)
@@ -329,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         files = datasets.discover(args.data).files()[::97]
         print(json.dumps(measure_speed(args.speed, files)))
         return
-    meta = train(args.data, args.out, args.size, args.seed, args.cache_dir, args.epochs)
+    meta = train(args.data, args.out, args.size, args.seed, args.cache_dir, args.epochs, args.views)
     keys = ("accuracy", "roc_auc", "log_loss", "ece")
     print(json.dumps({k: meta["metrics"][k] for k in keys}), meta["training_seconds"], "s")
 
