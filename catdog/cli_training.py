@@ -149,6 +149,13 @@ def train(
         )
     except _user_errors() as exc:
         raise _fail(exc) from exc
+    except RuntimeError as exc:
+        from training.convert import WeightsUnavailable
+
+        # lite0 without ImageNet weights: the message says how to install them.
+        if isinstance(exc, WeightsUnavailable):
+            raise _fail(exc) from exc
+        raise
     m = result.metrics
     click.echo(
         f"model: {result.model_file}\nreport: {result.report}\n"
