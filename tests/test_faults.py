@@ -58,7 +58,11 @@ def test_a_worker_killed_mid_batch_loses_and_duplicates_nothing(
     count = wait_for_run(db, summary.run_id, timeout=90)
     assert count.exactly_once, count
     assert (count.labeled, count.failed) == (16, 0)
-    assert broker.hlen("unacked") == 0 and broker.llen("inference") == 0
+    # The run is finished once the last upsert commits; its ack follows the test's delay.
+    _wait_until(
+        lambda: broker.hlen("unacked") == 0 and broker.llen("inference") == 0,
+        what="the last batch to be acknowledged",
+    )
 
 
 def test_a_redis_restart_during_a_scan_loses_nothing(

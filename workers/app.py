@@ -27,7 +27,12 @@ RESTORE_SWEEP_MAX_S = 10
 def make_celery(settings: Settings) -> Celery:
     """Build the Celery app for ``settings`` (a broker URL must be set)."""
     broker = settings.broker() or "memory://"
-    app = Celery("catdog", broker=broker, backend=_backend_for(broker), include=["workers.tasks"])
+    app = Celery(
+        "catdog",
+        broker=broker,
+        backend=_backend_for(broker),
+        include=["workers.tasks", "training.tasks"],
+    )
     app.conf.update(
         # Never pickle: a message is data, not code.
         task_serializer="json",
