@@ -212,6 +212,8 @@ def naive(files: list[Path], model_file: Path, tmp: Path) -> dict[str, float]:
         "naive",
         "--pool",
         "solo",
+        "--loglevel",
+        "INFO",
         "-n",
         f"naive-{os.getpid()}@%h",
     ]

@@ -86,6 +86,7 @@ class InferenceContext:
                 self.settings.predict_batch_size,
                 self.settings.gpu_memory_limit_mb,
                 self.settings.mixed_precision,
+                self.settings.runtime,
             )
         return self.model
 

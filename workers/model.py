@@ -60,6 +60,8 @@ class LoadedModel:
     predict_batch: int
     _lock: threading.Lock
     _fn: Any = None
+    #: "tensorflow" or "tflite": which kernels run the model.
+    runtime: str = "tensorflow"
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """Class probabilities for a (N, H, W, 3) uint8 array."""
@@ -96,6 +98,7 @@ def load_model(
     predict_batch: int | None = None,
     gpu_memory_limit_mb: int | None = None,
     mixed_precision: bool = False,
+    runtime: str = "auto",
 ) -> LoadedModel:
     """Load a ``.keras`` file in safe mode (a model file cannot run code on load)."""
     import keras
@@ -106,7 +109,14 @@ def load_model(
     if n_out != len(classes):
         raise ValueError(f"{file}: model has {n_out} outputs but metadata lists {classes}")
     batch = predict_batch or (GPU_PREDICT_BATCH if n_gpus else CPU_PREDICT_BATCH)
-    log.info("loaded model %s (%s) from %s", version, ",".join(classes), file)
-    return LoadedModel(
+    loaded = LoadedModel(
         version_id, version, str(file), classes, input_size, model, batch, threading.Lock()
     )
+    if runtime == "tflite" or (runtime == "auto" and not n_gpus):
+        from workers.runtime import tflite_runner
+
+        runner = tflite_runner(file, model, input_size, batch)
+        if runner is not None:
+            loaded._fn, loaded.runtime = runner, "tflite"
+    log.info("loaded model %s (%s) from %s on %s", version, ",".join(classes), file, loaded.runtime)
+    return loaded
