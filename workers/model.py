@@ -115,7 +115,7 @@ def load_model(
     if runtime == "tflite" or (runtime == "auto" and not n_gpus):
         from workers.runtime import tflite_runner
 
-        runner = tflite_runner(file, model, input_size, batch)
+        runner = tflite_runner(file, model, input_size)
         if runner is not None:
             loaded._fn, loaded.runtime = runner, "tflite"
     log.info("loaded model %s (%s) from %s on %s", version, ",".join(classes), file, loaded.runtime)
