@@ -18,8 +18,13 @@ pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 
 def _scan(env: dict[str, str], root: Path, *flags: str) -> None:
-    out = subprocess.run([sys.executable, "-m", "catdog", "scan", str(root), "--wait", *flags],
-                         env=env, capture_output=True, text=True, timeout=180)
+    out = subprocess.run(
+        [sys.executable, "-m", "catdog", "scan", str(root), "--wait", *flags],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert out.returncode == 0, out.stderr
 
 
@@ -32,8 +37,9 @@ def _promote(url: str, model: Path, models_dir: Path) -> str:
     return version
 
 
-def test_promoted_model_is_used_by_the_running_worker(worker_factory, cluster_env, tmp_path,
-                                                      image_factory, postgres_url):
+def test_promoted_model_is_used_by_the_running_worker(
+    worker_factory, cluster_env, tmp_path, image_factory, postgres_url
+):
     """Batches after a promotion carry the new version; --relabel re-labels older results."""
     env = {k: v for k, v in cluster_env.items() if k != "CATDOG_MODEL"}
     models_dir = tmp_path / "registry"
@@ -44,8 +50,9 @@ def test_promoted_model_is_used_by_the_running_worker(worker_factory, cluster_en
         image_factory(f"two/c{i}.jpg", "cat", seed=10 + i)
     _scan(env, tmp_path / "one")
     # A model that calls everything a dog, so the switch is visible in the labels too.
-    second = _promote(postgres_url, build_tiny_model(tmp_path / "b/m.keras", bias=(-50.0, 50.0)),
-                      models_dir)
+    second = _promote(
+        postgres_url, build_tiny_model(tmp_path / "b/m.keras", bias=(-50.0, 50.0)), models_dir
+    )
     _scan(env, tmp_path / "two")
 
     engine = create_engine(postgres_url)
