@@ -147,8 +147,9 @@ def classify_batch_task(self: Task, run_id: int | None, image_ids: list[int]) ->
             result = {"done": done, "failed": failed, "images": len(ids), "gave_up": reason}
         else:
             with _lease(tag), _delayed():
-                result = classify_batch(context(), run_id, ids).as_dict()
-            observe_batch(int(result["images"]), float(result["seconds"]), self.request.hostname)
+                batch = classify_batch(context(), run_id, ids)
+            observe_batch(batch.images, batch.seconds, self.request.hostname)
+            result = batch.as_dict()
     except DBAPIError as exc:
         if not crashed:
             starts().finished(task_id)
