@@ -111,13 +111,12 @@ def main() -> int:
     args = parser.parse_args()
     rng = random.Random(args.seed)
 
-    from conftest import build_tiny_model
-    from services import RedisServer
-
     from catdog.settings import BUNDLED_MODEL
+    from conftest import build_tiny_model
     from db.engine import make_engine
     from db.migrate import upgrade
     from runs import count_run, scan_with_broker, wait_for_run
+    from services import RedisServer
 
     work = Path(tempfile.mkdtemp(prefix="catdog-soak-"))
     corpus = make_corpus(

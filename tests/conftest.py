@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
 from services import RedisServer
 
 #: The real services on this machine; CI starts them, a laptop may not have them.

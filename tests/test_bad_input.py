@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_image
 from PIL import Image, features
 from sqlalchemy import select
 
 from catdog.settings import Settings
+from conftest import make_image
 from db.migrate import upgrade
 from db.models import Image as ImageRow
 from db.models import Prediction

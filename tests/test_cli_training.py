@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from training_data import make_dataset
 
 from catdog.cli import main
+from training_data import make_dataset
 
 #: Shared fixtures: blob_data (generated images) and tiny_run (a model trained on them).
 pytest_plugins = ["training_fixtures"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from training_data import add_near_duplicates, make_dataset
 
 from training.datasets import (
     DatasetError,
@@ -15,6 +14,7 @@ from training.datasets import (
     read_near_duplicates,
     split,
 )
+from training_data import add_near_duplicates, make_dataset
 
 #: Shared fixtures: blob_data (generated images) and tiny_run (a model trained on them).
 pytest_plugins = ["training_fixtures"]

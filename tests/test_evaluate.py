@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from training_data import make_dataset
 
 from training.evaluate import compute_metrics, evaluate, expected_calibration_error, roc_auc
+from training_data import make_dataset
 
 #: Shared fixtures: blob_data (generated images) and tiny_run (a model trained on them).
 pytest_plugins = ["training_fixtures"]

@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 
 from PIL import Image
-from training_data import make_dataset
 
 from training.explore import average_hash, explore
+from training_data import make_dataset
 
 
 def test_the_report_counts_classes_and_draws_its_plots(tmp_path: Path) -> None:

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import make_image
-from services import RedisServer, TcpProxy
 
+from conftest import make_image
 from runs import count_predictions, scan_held, scan_with_broker, settings_for, wait_for_run
+from services import RedisServer, TcpProxy
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import build_tiny_model
 from sqlalchemy import create_engine, select
 
+from conftest import build_tiny_model
 from db.engine import make_engine, session_factory
 from db.models import Image, ModelVersion, Prediction
 from training import registry

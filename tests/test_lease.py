@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_image
-from services import RedisServer
 
+from conftest import make_image
 from runs import scan_with_broker, wait_for_run
+from services import RedisServer
 from workers.lease import UNACKED_INDEX_KEY, Lease
 
 pytestmark = pytest.mark.services

@@ -8,12 +8,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import make_image
 from kombu import Connection
-from services import RedisServer
 
 from catdog.settings import SecretFileError, Settings
+from conftest import make_image
 from runs import scan_held, wait_for_run
+from services import RedisServer
 from workers.app import make_celery
 
 

@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import pytest
 from sqlalchemy import select
-from training_data import make_dataset
 
 from catdog.settings import Settings
 from db.engine import engine_for, session_factory
@@ -17,6 +16,7 @@ from db.models import ModelVersion, TrainingRun
 from training import registry
 from training.datasets import DatasetError
 from training.train import train
+from training_data import make_dataset
 
 #: Shared fixtures: blob_data (generated images) and tiny_run (a model trained on them).
 pytest_plugins = ["training_fixtures"]

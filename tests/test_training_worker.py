@@ -8,9 +8,9 @@ import sys
 
 import pytest
 from sqlalchemy import create_engine, select
-from training_data import make_dataset
 
 from db.models import ModelVersion, TrainingRun
+from training_data import make_dataset
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
