@@ -12,7 +12,6 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
-    Index,
     Integer,
     String,
     Text,
@@ -73,14 +72,14 @@ class Prediction(Base):
     __tablename__ = "predictions"
     __table_args__ = (
         UniqueConstraint("image_id", "model_version_id", name="uq_predictions_image_model"),
-        Index("ix_predictions_run", "run_id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
-    #: The scan run that produced this row (progress counters follow it).
-    run_id: Mapped[int | None] = mapped_column(ForeignKey("scan_runs.id", ondelete="SET NULL"))
+    #: The scan run that produced this row (progress counters follow it). No foreign key or
+    #: index: nothing queries by it, and both slow the bulk writes (migration 0002).
+    run_id: Mapped[int | None] = mapped_column(Integer)
     label: Mapped[str | None] = mapped_column(String(128))
     confidence: Mapped[float | None] = mapped_column(Float)
     probabilities: Mapped[dict[str, Any] | None] = mapped_column()

@@ -177,7 +177,7 @@ _PG_IMAGE_META = text(
     UPDATE images SET sha256 = r.b_sha, width = r.b_w, height = r.b_h
     FROM json_to_recordset(CAST(:rows AS json)) AS r(b_id bigint, b_sha varchar, b_w integer,
                                                     b_h integer)
-    WHERE images.id = r.b_id
+    WHERE images.id = r.b_id AND images.id = ANY(CAST(:ids AS bigint[]))
     """
 )
 
@@ -233,7 +233,9 @@ def save_outcomes(
         if o.sha256 is not None
     ]
     if meta and session.get_bind().dialect.name == "postgresql":
-        session.execute(_PG_IMAGE_META, _as_json(meta))
+        # The id list lets the planner reach the rows through the primary key: a join on the
+        # JSON rows alone is planned as a sequential scan of all images, once per batch.
+        session.execute(_PG_IMAGE_META, {**_as_json(meta), "ids": [m["b_id"] for m in meta]})
     elif meta:
         session.connection().execute(_IMAGE_META, meta)
     if run_id is not None and (done or failed):
