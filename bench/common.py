@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+#: The PostgreSQL the benchmarks write to (the test database of this machine).
+PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
 #: Photo-like sizes: phone and camera pictures next to small thumbnails.
 SIZES = [(200, 200), (640, 480), (1024, 768), (1600, 1200), (2048, 1536), (3000, 2000)]
 
@@ -96,3 +99,15 @@ def start_worker(
             raise RuntimeError(f"worker failed to start:\n{log.read_text()[-2000:]}")
         time.sleep(0.2)
     return proc
+
+
+def pg_schema(name: str) -> str:
+    """A fresh schema in the benchmark database, as a URL whose connections use it."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(PG)
+    with engine.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+        conn.execute(text(f'CREATE SCHEMA "{name}"'))
+    engine.dispose()
+    return f"{PG}?options=-csearch_path%3D{name}"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import pg_schema  # noqa: E402
 from catdog.settings import Settings  # noqa: E402
 from db.engine import make_engine, session_factory  # noqa: E402
 from db.migrate import upgrade  # noqa: E402
@@ -25,20 +26,6 @@ from db.models import ModelVersion, ScanRun  # noqa: E402
 from db.queries import Outcome, save_outcomes  # noqa: E402
 from producer.scan import scan  # noqa: E402
 from producer.stores import LocalStore  # noqa: E402
-
-PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
-def pg_schema(name: str) -> str:
-    """A fresh schema in the test database, as a URL."""
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(PG)
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
-        conn.execute(text(f'CREATE SCHEMA "{name}"'))
-    engine.dispose()
-    return f"{PG}?options=-csearch_path%3D{name}"
 
 
 def make_tree(root: Path, n: int) -> None:

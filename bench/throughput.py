@@ -23,10 +23,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import CpuMeter, make_corpus, peak_rss_mb, start_worker  # noqa: E402
+from bench.common import CpuMeter, make_corpus, peak_rss_mb, pg_schema, start_worker  # noqa: E402
 
 REDIS = "redis://127.0.0.1:6379/14"
-PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "catsdogs-train"
 
 
@@ -125,23 +124,12 @@ def embedded(corpus: Path, model_file: Path, tmp: Path) -> dict[str, float]:
     }
 
 
-def _pg_schema(name: str) -> str:
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(PG)
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
-        conn.execute(text(f'CREATE SCHEMA "{name}"'))
-    engine.dispose()
-    return f"{PG}?options=-csearch_path%3D{name}"
-
-
 def cluster(corpus: Path, warm: Path, model_file: Path, tmp: Path) -> dict[str, float]:
     """`catdog scan --wait` with one warm worker through Redis into PostgreSQL."""
     import redis
 
     redis.Redis.from_url(REDIS).flushdb()
-    url = _pg_schema("bench_cluster")
+    url = pg_schema("bench_cluster")
     env = {
         **os.environ,
         "CATDOG_DATABASE_URL": url,
