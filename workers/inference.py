@@ -11,7 +11,6 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from celery.signals import worker_ready
@@ -181,11 +180,6 @@ def classify_batch(
         len(ids) / max(elapsed, 1e-9),
     )
     return BatchResult(done, failed, len(ids), elapsed, model.version)
-
-
-def store_path(store: str, relpath: str) -> str:
-    """The absolute path shown to users."""
-    return str(Path(store) / relpath)
 
 
 @worker_ready.connect
