@@ -43,9 +43,6 @@ class Image(Base):
     path: Mapped[str] = mapped_column(String(4096))
     size: Mapped[int] = mapped_column(BigInteger)
     mtime: Mapped[float] = mapped_column(Float)
-    sha256: Mapped[str | None] = mapped_column(String(64))
-    width: Mapped[int | None] = mapped_column(Integer)
-    height: Mapped[int | None] = mapped_column(Integer)
     registered: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -85,6 +82,12 @@ class Prediction(Base):
     probabilities: Mapped[dict[str, Any] | None] = mapped_column()
     #: Human-readable reason when the image could not be classified; NULL on success.
     error: Mapped[str | None] = mapped_column(Text)
+    #: What the worker read: the hash of the file's bytes and its pixel size (before resizing).
+    #: Kept with the label rather than on the image row, so a result costs no image update
+    #: (migration 0003).
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
     created: Mapped[datetime] = mapped_column(default=utcnow)
 
 

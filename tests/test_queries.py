@@ -46,6 +46,16 @@ def _run(session: Session, total: int) -> int:
     return run.id
 
 
+def _queued_run(sessions: sessionmaker[Session]) -> tuple[int, list[int], int]:
+    """A model version, the ENTRIES registered, and a run that has queued all of them."""
+    with sessions.begin() as s:
+        v = _version(s)
+        ids, _ = register_images(s, "/r", ENTRIES, v)
+        run = _run(s, total=len(ENTRIES))
+        s.execute(ScanRun.__table__.update().values(enqueued=func.now()))
+    return v, ids, run
+
+
 ENTRIES = [FileEntry(f"img{i}.jpg", 100 + i, 1.0) for i in range(5)]
 
 
@@ -99,11 +109,7 @@ def test_relabel_skips_only_images_labeled_by_the_given_version(sessions):
 
 def test_a_redelivered_batch_changes_nothing_and_counts_nothing(sessions):
     """Saving the same outcomes twice in one run leaves one row each and exact counters."""
-    with sessions.begin() as s:
-        v = _version(s)
-        ids, _ = register_images(s, "/r", ENTRIES, v)
-        run = _run(s, total=5)
-        s.execute(ScanRun.__table__.update().values(enqueued=func.now()))
+    v, ids, run = _queued_run(sessions)
     batch = [Outcome(i, "dog", 0.8) for i in ids[:4]] + [Outcome(ids[4], error="truncated")]
     with sessions.begin() as s:
         first = save_outcomes(s, run, v, batch)
@@ -128,3 +134,27 @@ def test_a_later_run_takes_over_a_failed_image_and_counts_it(sessions):
     with sessions() as s:
         pred = s.scalars(select(Prediction)).one()
         assert (pred.label, pred.error, pred.run_id) == ("cat", None, run2)
+
+
+def test_a_result_records_what_was_read_and_finishes_the_run_only_when_complete(sessions):
+    """Hash, pixel size and probabilities land on the prediction; the last batch finishes."""
+    v, ids, run = _queued_run(sessions)
+    probs = {"cat": 0.25, "dog": 0.75}
+    with sessions.begin() as s:
+        first = save_outcomes(
+            s, run, v, [Outcome(ids[0], "dog", 0.75, probs, None, "f" * 64, 640, 480)]
+        )
+    with sessions() as s:
+        assert s.get(ScanRun, run).finished is None
+    rest = [Outcome(i, "cat", 0.6, None, None, "a" * 64, 10, 20) for i in ids[1:4]]
+    with sessions.begin() as s:
+        second = save_outcomes(s, run, v, [*rest, Outcome(ids[4], error="corrupt")])
+    with sessions() as s:
+        r = s.get(ScanRun, run)
+        assert (r.done, r.failed) == (4, 1) and r.finished is not None
+        pred = s.scalars(select(Prediction).where(Prediction.image_id == ids[0])).one()
+        assert (pred.sha256, pred.width, pred.height) == ("f" * 64, 640, 480)
+        assert pred.probabilities == probs and pred.model_version_id == v
+        broken = s.scalars(select(Prediction).where(Prediction.image_id == ids[4])).one()
+        assert (broken.label, broken.error, broken.sha256) == (None, "corrupt", None)
+    assert first == (1, 0) and second == (3, 1)

@@ -1,0 +1,57 @@
+"""Migrations carry existing data forward and back, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+
+from db.engine import make_engine
+from db.migrate import downgrade, upgrade
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_0003_moves_what_was_read_from_images_to_predictions_and_back(
+    request: pytest.FixtureRequest, kind: str
+):
+    """Hash and size recorded on images before 0003 are on their predictions after it."""
+    url = request.getfixturevalue("sqlite_url" if kind == "sqlite" else "postgres_url")
+    engine = make_engine(url)
+    upgrade(engine, "0002")
+    with engine.begin() as c:
+        c.execute(
+            text(
+                "INSERT INTO model_versions (id, version, file, sha256, arch, classes, input_size,"
+                " metrics, created, is_production) VALUES (1, 'v1', 'm', 'x', 'tiny', '[]', '[]',"
+                " '{}', CURRENT_TIMESTAMP, false)"
+            )
+        )
+        c.execute(
+            text(
+                "INSERT INTO images (id, store, path, size, mtime, sha256, width, height,"
+                " registered) VALUES (1, '/r', 'a.jpg', 1, 0, :sha, 640, 480, CURRENT_TIMESTAMP),"
+                " (2, '/r', 'b.jpg', 1, 0, NULL, NULL, NULL, CURRENT_TIMESTAMP)"
+            ),
+            {"sha": "e" * 64},
+        )
+        c.execute(
+            text(
+                "INSERT INTO predictions (image_id, model_version_id, label, confidence, created)"
+                " VALUES (1, 1, 'cat', 0.9, CURRENT_TIMESTAMP),"
+                " (2, 1, 'dog', 0.8, CURRENT_TIMESTAMP)"
+            )
+        )
+    upgrade(engine)
+    with engine.connect() as c:
+        moved = c.execute(
+            text("SELECT image_id, sha256, width, height FROM predictions ORDER BY image_id")
+        ).all()
+        image_columns = c.execute(text("SELECT * FROM images")).keys()
+    assert [tuple(r) for r in moved] == [(1, "e" * 64, 640, 480), (2, None, None, None)]
+    assert "sha256" not in image_columns
+    downgrade(engine, "0002")
+    with engine.connect() as c:
+        back = c.execute(text("SELECT id, sha256, width, height FROM images ORDER BY id")).all()
+        pred_columns = c.execute(text("SELECT * FROM predictions")).keys()
+    assert [tuple(r) for r in back] == [(1, "e" * 64, 640, 480), (2, None, None, None)]
+    assert "sha256" not in pred_columns
+    engine.dispose()
