@@ -41,7 +41,7 @@ def classify(
     from producer.scan import scan
     from producer.stores import LocalStore
     from training.registry import ModelNotFound, current_version
-    from workers.inference import InferenceContext, classify_batch
+    from workers.inference import InferenceContext, StartedBatch, finish_batch, start_batch
 
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
@@ -68,12 +68,19 @@ def classify(
     with Progress(transient=True, disable=not sys.stderr.isatty()) as bar:
         task = bar.add_task("classifying", total=None)
 
+        pending: list[StartedBatch] = []
+
         def send(run_id: int, ids: list[int]) -> None:
-            classify_batch(ctx, run_id, ids)
-            bar.advance(task, len(ids))
+            # One batch ahead: its files decode while the previous batch predicts and is
+            # stored, so neither the model nor the decoders wait at batch boundaries.
+            pending.append(start_batch(ctx, run_id, ids))
+            if len(pending) > 1:
+                bar.advance(task, finish_batch(ctx, pending.pop(0)).images)
 
         # classify always answers with this model: only its own labels count as done.
         summary = scan(ctx.sessions, settings, stores, send, relabel=True, keep_ids=True)
+        for batch in pending:
+            bar.advance(task, finish_batch(ctx, batch).images)
     if summary.files_seen == 0:
         _fail("no images found under " + ", ".join(str(p) for p in paths), code=1)
     with sessions() as session:

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine, func, select
 
 from catdog.cli import main
-from db.models import Prediction
+from db.models import Prediction, ScanRun
 
 
 @pytest.fixture
@@ -25,8 +25,15 @@ def runner(env, sqlite_url) -> CliRunner:
     return CliRunner()
 
 
-def test_classify_prints_one_jsonl_row_per_image(runner, photo_dir, tiny_model, sqlite_url):
-    """Good images get a label and confidence; broken ones an error; rows land in SQLite."""
+def test_classify_prints_one_jsonl_row_per_image(
+    runner, photo_dir, tiny_model, sqlite_url, tmp_path, monkeypatch
+):
+    """Good images get a label and confidence; broken ones an error; rows land in SQLite.
+
+    The cache starts empty, so the model is converted for the CPU runtime during the run:
+    nothing that conversion prints may end up among the rows on stdout.
+    """
+    monkeypatch.setenv("CATDOG_CACHE_DIR", str(tmp_path / "cold-cache"))
     result = runner.invoke(
         main, ["classify", str(photo_dir), "--model", str(tiny_model), "--format", "jsonl"]
     )
@@ -41,6 +48,26 @@ def test_classify_prints_one_jsonl_row_per_image(runner, photo_dir, tiny_model, 
     )
     with create_engine(sqlite_url).connect() as conn:
         assert conn.scalar(select(func.count()).select_from(Prediction)) == 8
+
+
+def test_classify_in_several_batches_labels_every_image_once_and_finishes_the_run(
+    runner, env, photo_dir, tiny_model, sqlite_url
+):
+    """Batches overlap (the next decodes while one predicts); every image still lands once."""
+    env(batch_size="3")  # 8 files: three batches, two of them in flight at a time
+    result = runner.invoke(
+        main, ["classify", str(photo_dir), "--model", str(tiny_model), "--format", "jsonl"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    labels = {Path(r["path"]).name: r["label"] for r in rows}
+    assert len(rows) == 8
+    assert [labels[f"c{i}.jpg"] for i in range(3)] == ["cat"] * 3
+    assert [labels[f"d{i}.png"] for i in range(3)] == ["dog"] * 3
+    with create_engine(sqlite_url).connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(Prediction)) == 8
+        run = conn.execute(select(ScanRun)).one()
+    assert (run.total, run.done, run.failed) == (8, 6, 2) and run.finished is not None
 
 
 def test_classify_csv_and_export_share_columns(runner, photo_dir, tiny_model):

@@ -118,24 +118,34 @@ def _label(model: LoadedModel, probs: np.ndarray, threshold: float | None) -> tu
     return model.classes[top], confidence
 
 
-def classify_batch(
-    ctx: InferenceContext, run_id: int | None, image_ids: Sequence[int]
-) -> BatchResult:
-    """Label the given images with the current model and store all results in one transaction.
+@dataclass
+class StartedBatch:
+    """A batch whose files are being decoded on the pool; ``finish_batch`` labels and stores it."""
 
-    Files are read once (hash + decode) by a thread pool that keeps decoding the next chunk
-    while the model predicts the current one. Bad files become failed rows with a reason.
-    """
+    run_id: int | None
+    model: LoadedModel
+    ids: list[int]
+    futures: list[Future[Decoded | str]]
+    started: float
+
+
+def start_batch(
+    ctx: InferenceContext, run_id: int | None, image_ids: Sequence[int]
+) -> StartedBatch:
+    """Look up where the images are and queue their decoding on the thread pool."""
     started = time.perf_counter()
     with ctx.sessions.begin() as session:  # commits a first sight of the model file
         model = ctx.current_model(session)
         where = image_locations(session, image_ids)
     ids = [i for i in image_ids if i in where]  # rows deleted since the scan have no result
     size = model.input_size
-    futures: list[Future[Decoded | str]] = [
-        ctx.pool.submit(_decode_one, ctx, *where[i], size) for i in ids
-    ]
+    futures = [ctx.pool.submit(_decode_one, ctx, *where[i], size) for i in ids]
+    return StartedBatch(run_id, model, ids, futures, started)
 
+
+def finish_batch(ctx: InferenceContext, batch: StartedBatch) -> BatchResult:
+    """Predict chunk by chunk as decoding completes, then store every result in one transaction."""
+    model, ids, futures = batch.model, batch.ids, batch.futures
     outcomes: list[Outcome] = []
     step = model.predict_batch
     threshold = ctx.settings.confidence_threshold
@@ -168,11 +178,11 @@ def classify_batch(
             )
 
     with ctx.sessions.begin() as session:
-        done, failed = save_outcomes(session, run_id, model.version_id, outcomes)
-    elapsed = time.perf_counter() - started
+        done, failed = save_outcomes(session, batch.run_id, model.version_id, outcomes)
+    elapsed = time.perf_counter() - batch.started
     log.info(
         "batch run=%s images=%d done=%d failed=%d in %.2fs (%.0f img/s)",
-        run_id,
+        batch.run_id,
         len(ids),
         done,
         failed,
@@ -180,6 +190,17 @@ def classify_batch(
         len(ids) / max(elapsed, 1e-9),
     )
     return BatchResult(done, failed, len(ids), elapsed, model.version)
+
+
+def classify_batch(
+    ctx: InferenceContext, run_id: int | None, image_ids: Sequence[int]
+) -> BatchResult:
+    """Label the given images with the current model and store all results in one transaction.
+
+    Files are read once (hash + decode) by a thread pool that keeps decoding the next chunk
+    while the model predicts the current one. Bad files become failed rows with a reason.
+    """
+    return finish_batch(ctx, start_batch(ctx, run_id, image_ids))
 
 
 @worker_ready.connect

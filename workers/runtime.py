@@ -7,9 +7,11 @@ The conversion takes a few seconds and is cached next to the other converted wei
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -40,7 +42,9 @@ def convert(keras_model: Any) -> bytes:
     """TFLite flatbuffer of the model in inference mode (float32, dynamic batch)."""
     import tensorflow as tf
 
-    return bytes(tf.lite.TFLiteConverter.from_keras_model(keras_model).convert())
+    # Keras prints "Saved artifact at ..." while exporting: stdout carries `classify` output.
+    with contextlib.redirect_stdout(sys.stderr):
+        return bytes(tf.lite.TFLiteConverter.from_keras_model(keras_model).convert())
 
 
 def agrees(run: Runner, keras_model: Any, input_size: tuple[int, int], batch: int) -> bool:
