@@ -239,7 +239,13 @@ def evaluate(data: Path, model_file: Path | None, fmt: str, threshold: float | N
     default=None,
     help="Labeled images, as seen by the training worker (default: the data of the current model).",
 )
-@click.option("--arch", type=ARCH_CHOICE, default="scratch", show_default=True)
+@click.option(
+    "--arch",
+    type=ARCH_CHOICE,
+    default=None,
+    help="Train a new model of this architecture. Default: continue from the production "
+    "model's weights on the data (same architecture, input size and classes).",
+)
 @click.option("--epochs", type=click.IntRange(1), default=None)
 @click.option("--input-size", type=click.IntRange(16), default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -247,7 +253,7 @@ def evaluate(data: Path, model_file: Path | None, fmt: str, threshold: float | N
 @click.option("--wait", is_flag=True, help="Show the job's progress and wait for its result.")
 def retrain(
     data: Path | None,
-    arch: str,
+    arch: str | None,
     epochs: int | None,
     input_size: int | None,
     seed: int,

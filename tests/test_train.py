@@ -110,6 +110,37 @@ def test_run_training_promotes_a_first_model_and_keeps_production_when_not_bette
         assert len(session.scalars(select(ModelVersion)).all()) == 2
 
 
+def test_a_retrain_without_arch_continues_from_the_production_model(
+    blob_data: Path, tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No arch: the new model starts from production's weights, in its architecture."""
+    from training.tasks import run_training
+
+    monkeypatch.setattr(registry, "BUNDLED_MODEL", tmp_path / "no-bundled-model.keras")
+    settings = Settings(database_url=sqlite_url, models_dir=tmp_path / "models")
+    with pytest.raises(ValueError, match="no current model to continue from"):
+        run_training(blob_data, None, epochs=1, settings=settings)
+    first = run_training(blob_data, "tiny", epochs=2, settings=settings)
+    again = run_training(blob_data, None, epochs=1, seed=1, settings=settings)
+    with session_factory(engine_for(sqlite_url))() as session:
+        versions = {v.version: v for v in session.scalars(select(ModelVersion))}
+        runs = session.scalars(select(TrainingRun).order_by(TrainingRun.id)).all()
+    meta = registry.read_metadata(Path(versions[again["version"]].file))
+    assert meta["arch"] == "tiny" and runs[-1].arch == "tiny"
+    assert meta["initial_model"] == versions[first["version"]].file
+    # Trained weights, small steps: one more epoch keeps what two epochs learned.
+    assert again["metrics"]["accuracy"] >= 0.8
+
+
+def test_a_model_does_not_continue_on_data_with_other_classes(
+    tiny_run: Any, tmp_path: Path
+) -> None:
+    """Continuing needs the model's own classes; the error points to training a new one."""
+    other = make_dataset(tmp_path / "three", per_class=4, classes=("cat", "dog", "fox"))
+    with pytest.raises(ValueError, match="--arch"):
+        train(other, tmp_path / "out", arch="tiny", initial_model=tiny_run.model_file)
+
+
 def test_promotion_needs_higher_accuracy_or_equal_accuracy_and_lower_log_loss() -> None:
     """Accuracy decides first, log loss breaks ties, and anything beats no model."""
     from training.tasks import is_better

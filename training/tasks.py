@@ -50,9 +50,29 @@ def default_data_dir(session: Any, settings: Settings) -> Path:
     return Path(data)
 
 
+def starting_point(session: Any, settings: Settings, arch: str | None) -> tuple[str, Path | None]:
+    """(arch, model to continue from). A given ``arch`` trains a new model from its usual
+    start; without one the job continues from the production model, in its architecture."""
+    if arch is not None:
+        return arch, None
+    try:
+        current = registry.current_version(session, settings)
+    except registry.ModelNotFound as exc:
+        raise ValueError(f"no current model to continue from ({exc}): pass --arch") from exc
+    from training.model import ARCHS  # keras: only once a job runs
+
+    arch = registry.read_metadata(Path(current.file)).get("arch")
+    if arch not in ARCHS:
+        raise ValueError(
+            f"the current model {current.version} does not say which architecture it is "
+            f"({arch!r}): pass --arch to train a new model"
+        )
+    return str(arch), Path(current.file)
+
+
 def run_training(
     data_dir: str | Path | None = None,
-    arch: str = "scratch",
+    arch: str | None = None,
     epochs: int | None = None,
     input_size: int | None = None,
     seed: int = 0,
@@ -65,6 +85,9 @@ def run_training(
 ) -> dict[str, Any]:
     """Train a model, evaluate it and the current model on the same validation split,
     register it and promote it if it is better (or ``force``); record a ``training_runs`` row.
+
+    Without ``arch`` the new model continues from the production model's weights (same
+    architecture, input size and classes); with one, a new model of that architecture.
     """
     from training.datasets import discover, split
     from training.evaluate import evaluate_on
@@ -76,6 +99,7 @@ def run_training(
     sessions = session_factory(engine)
     with sessions() as session:
         data = Path(data_dir) if data_dir else default_data_dir(session, settings)
+        arch, initial_model = starting_point(session, settings, arch)
         run = TrainingRun(task_id=task_id, data=str(data), arch=arch, status="running")
         session.add(run)
         session.commit()
@@ -91,6 +115,7 @@ def run_training(
             batch_size=batch_size,
             seed=seed,
             progress=progress,
+            initial_model=initial_model,
         )
         # train() scored the new model on its validation split; the same seed gives the same
         # split here, so the current model is scored on exactly those images.
@@ -157,7 +182,7 @@ def run_training(
 def train_task(
     self: Any,
     data_dir: str | None = None,
-    arch: str = "scratch",
+    arch: str | None = None,
     epochs: int | None = None,
     input_size: int | None = None,
     seed: int = 0,

@@ -43,6 +43,9 @@ HEAD_EPOCHS_SHARE = 0.4
 FINE_TUNE_PREFIXES = ("block6", "block7", "top")
 #: lite0: fine-tuning learning rate relative to the head phase's.
 FINE_TUNE_LR_FACTOR = 0.1
+#: Learning rate of a run that continues from a trained model, relative to a fresh run's:
+#: small steps adapt it to new data without unlearning what it knew.
+CONTINUE_LR_FACTOR = 0.1
 
 
 @dataclass
@@ -209,6 +212,18 @@ def finish_run(
     )
 
 
+def _check_same_classes(model_file: Path, classes: list[str]) -> None:
+    """A model continues only on data with its own classes, in its own order."""
+    from training.registry import read_metadata
+
+    known = [str(c) for c in read_metadata(model_file).get("classes", [])]
+    if known != classes:
+        raise ValueError(
+            f"the data's classes {classes} are not the model's {known}: a model can only "
+            "continue on its own classes; train a new one with --arch"
+        )
+
+
 def train(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -249,10 +264,14 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     images = datasets.discover(data_dir)
     train_idx, val_idx = datasets.split(images, validation_fraction, seed)
+    if initial_model is not None:
+        _check_same_classes(Path(initial_model), list(images.classes))
     epochs = epochs or DEFAULT_EPOCHS[arch]
     size = input_size or DEFAULT_INPUT_SIZE[arch]
     batch_size = batch_size or DEFAULT_BATCH_SIZE[arch]
-    learning_rate = learning_rate or DEFAULT_LEARNING_RATE[arch]
+    learning_rate = learning_rate or DEFAULT_LEARNING_RATE[arch] * (
+        CONTINUE_LR_FACTOR if initial_model is not None else 1.0
+    )
 
     keras.utils.set_random_seed(seed)
     import tensorflow as tf
