@@ -62,8 +62,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = 100_000_000
     #: Files larger than this many bytes are refused.
     max_file_bytes: int = 200 * 1024 * 1024
-    #: Threads decoding images inside a worker while the model runs.
-    decode_threads: int = 4
+    #: Threads decoding images inside a worker while the model runs. Default: the CPUs this
+    #: process may use, at least 4 (decoding releases the GIL, and a GPU outruns 4 threads).
+    decode_threads: int | None = None
     #: Times a failing batch is retried before its images are recorded as failed. Also how
     #: many times a batch may stop its worker (crash, kill) before it is given up.
     max_retries: int = 5

@@ -116,3 +116,17 @@ def test_files_outside_configured_roots_are_failed_not_read(
         errors = set(s.scalars(select(Prediction.error)))
     assert errors == {"refused: path is outside the configured store roots"}
     ctx.close()
+
+
+def test_decoding_uses_every_usable_cpu_unless_told(sqlite_url, tiny_model):
+    """By default a worker decodes on one thread per usable CPU (at least 4), else as set."""
+    import os
+
+    default = _context(sqlite_url, tiny_model)
+    chosen = _context(sqlite_url, tiny_model, decode_threads=2)
+    try:
+        assert default.pool._max_workers == max(4, len(os.sched_getaffinity(0)))
+        assert chosen.pool._max_workers == 2
+    finally:
+        default.close()
+        chosen.close()

@@ -7,6 +7,7 @@ the broker nor the task framework is needed to test it.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -66,7 +67,8 @@ class InferenceContext:
     def create(cls, settings: Settings) -> InferenceContext:
         """Build the context for this process (engine and threads, not yet the model)."""
         engine = engine_for(settings.database())
-        pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        threads = settings.decode_threads or max(4, len(os.sched_getaffinity(0)))
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
         return cls(settings, engine, session_factory(engine), pool)
 
     def current_model(self, session: Session) -> LoadedModel:
@@ -206,8 +208,6 @@ def classify_batch(
 @worker_ready.connect
 def _load_model_at_start(**_: object) -> None:
     """Load the model when an inference worker starts, not on its first batch (arq's startup)."""
-    import os
-
     if "inference" not in os.environ.get("CATDOG_WORKER_QUEUES", "inference"):
         return
     from workers.tasks import context
