@@ -8,14 +8,14 @@ process that forks has TensorFlow loaded.
 from __future__ import annotations
 
 import logging
-import os
 
 import click
 
 from catdog import __version__
+from catdog.quiet import quiet_tensorflow_import
 
-# TensorFlow's C++ start-up chatter is noise on a command line; real errors still show.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's start-up chatter is noise on a command line; real errors still show.
+quiet_tensorflow_import()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

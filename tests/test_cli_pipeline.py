@@ -112,8 +112,13 @@ def test_scan_without_a_broker_points_to_classify(runner, photo_dir):
 
 
 def test_the_installed_command_runs_classify_end_to_end(photo_dir, tiny_model, tmp_path):
-    """The console script, in a fresh process, classifies and exits 0."""
-    env = {**os.environ, "CATDOG_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
+    """The console script, in a fresh process, classifies and exits 0, without TensorFlow's
+    import notices or the TFLite delegate announcement on its stderr."""
+    env = {
+        **os.environ,
+        "CATDOG_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}",
+        "CATDOG_CACHE_DIR": str(tmp_path / "cache"),  # converts the model for TFLite too
+    }
     out = subprocess.run(
         [
             sys.executable,
@@ -133,3 +138,6 @@ def test_the_installed_command_runs_classify_end_to_end(photo_dir, tiny_model, t
         check=True,
     )
     assert [json.loads(x)["label"] for x in out.stdout.splitlines()] == ["cat"] * 3
+    for notice in ("oneDNN", "absl::InitializeLog", "XNNPACK delegate", "Saved artifact"):
+        assert notice not in out.stderr, out.stderr
+    assert list((tmp_path / "cache" / "tflite").glob("*.tflite"))  # the TFLite path ran

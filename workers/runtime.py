@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import os
-import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from catdog.quiet import filtered_stderr
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +44,13 @@ def convert(keras_model: Any) -> bytes:
     """TFLite flatbuffer of the model in inference mode (float32, dynamic batch)."""
     import tensorflow as tf
 
-    # Keras prints "Saved artifact at ..." while exporting: stdout carries `classify` output.
-    with contextlib.redirect_stdout(sys.stderr):
-        return bytes(tf.lite.TFLiteConverter.from_keras_model(keras_model).convert())
+    # Keras prints "Saved artifact at ..." and the endpoints while exporting: stdout carries
+    # `classify` output, so that listing goes to the debug log instead.
+    listing = io.StringIO()
+    with contextlib.redirect_stdout(listing):
+        blob = bytes(tf.lite.TFLiteConverter.from_keras_model(keras_model).convert())
+    log.debug("TFLite conversion: %s", listing.getvalue())
+    return blob
 
 
 def agrees(run: Runner, keras_model: Any, input_size: tuple[int, int], batch: int) -> bool:
@@ -70,13 +76,14 @@ def tflite_runner(
             tmp = cached.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_bytes(blob)
             tmp.replace(cached)  # atomic: several workers may convert at once
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tf.lite's deprecation notice (LiteRT)
+        # tf.lite's deprecation notice (LiteRT) and "Created TensorFlow Lite XNNPACK delegate".
+        with warnings.catch_warnings(), filtered_stderr():
+            warnings.simplefilter("ignore")
             interp = tf.lite.Interpreter(model_content=blob, num_threads=os.cpu_count() or 1)
-        inp = interp.get_input_details()[0]["index"]
-        out = interp.get_output_details()[0]["index"]
-        interp.resize_tensor_input(inp, [TFLITE_BATCH, *input_size, 3])
-        interp.allocate_tensors()
+            inp = interp.get_input_details()[0]["index"]
+            out = interp.get_output_details()[0]["index"]
+            interp.resize_tensor_input(inp, [TFLITE_BATCH, *input_size, 3])
+            interp.allocate_tensors()
     except Exception as exc:  # noqa: BLE001 - any failure: TensorFlow's own kernels still work
         log.warning("TFLite runtime unavailable (%s); using TensorFlow", exc)
         return None
@@ -94,7 +101,9 @@ def tflite_runner(
         return np.concatenate(parts)[:n]
 
     # A conversion that changed the model's answers is never used.
-    if not agrees(run, keras_model, input_size, TFLITE_BATCH):
+    with filtered_stderr():  # the first invoke may announce the delegate too
+        same = agrees(run, keras_model, input_size, TFLITE_BATCH)
+    if not same:
         log.warning("TFLite conversion disagrees with Keras; using TensorFlow")
         return None
     log.info("CPU inference on TFLite/XNNPACK (%s)", cached)
