@@ -208,17 +208,23 @@ def status(run_id: int | None, watch: bool, limit: int) -> None:
 @click.command()
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv")
 @click.option("--out", type=click.Path(path_type=Path), help="File to write (default stdout).")
-def export(fmt: str, out: Path | None) -> None:
+@click.option(
+    "--details",
+    is_flag=True,
+    help="Add every class's probability, the pixel size and sha256 of the file as read, "
+    "and when it was labeled.",
+)
+def export(fmt: str, out: Path | None, details: bool) -> None:
     """Latest result per image, failures included (same columns as classify)."""
     from catdog.output import all_rows, write_rows
 
     _, sessions = _database(get_settings())
     with sessions() as session:
         if out is None:
-            n = write_rows(all_rows(session), fmt)
+            n = write_rows(all_rows(session), fmt, details=details)
         else:
             with out.open("w", newline="", encoding="utf-8") as fh:
-                n = write_rows(all_rows(session), fmt, fh)
+                n = write_rows(all_rows(session), fmt, fh, details=details)
     click.echo(f"exported {n} rows" + (f" to {out}" if out else ""), err=True)
 
 

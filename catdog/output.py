@@ -6,7 +6,7 @@ import csv
 import json
 import sys
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -18,6 +18,8 @@ from db.queries import IN_CHUNK, latest_predictions
 
 #: Column order of every table, CSV and JSONL output.
 COLUMNS = ("path", "label", "confidence", "error", "model_version")
+#: Further columns of ``export --details``: what the worker read, and when.
+DETAIL_COLUMNS = ("probabilities", "width", "height", "sha256", "labeled_at")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +31,36 @@ class Row:
     confidence: float | None
     error: str | None
     model_version: str
+    probabilities: dict[str, float] | None = None
+    width: int | None = None
+    height: int | None = None
+    sha256: str | None = None
+    labeled_at: str | None = None
 
 
 def _row(image: Image, pred: Prediction, version: str) -> Row:
     conf = None if pred.confidence is None else round(pred.confidence, 4)
-    return Row(str(Path(image.store) / image.path), pred.label, conf, pred.error, version)
+    return Row(
+        str(Path(image.store) / image.path),
+        pred.label,
+        conf,
+        pred.error,
+        version,
+        pred.probabilities,
+        pred.width,
+        pred.height,
+        pred.sha256,
+        pred.created.isoformat() if pred.created else None,
+    )
+
+
+def _cell(value: object) -> object:
+    """A CSV cell: empty for None, JSON for a mapping."""
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return value
 
 
 def all_rows(session: Session) -> Iterable[Row]:
@@ -57,30 +84,26 @@ def rows_for(session: Session, image_ids: list[int], model_version_id: int) -> l
     return sorted(rows, key=lambda r: r.path)
 
 
-def write_rows(rows: Iterable[Row], fmt: str, out: IO[str] | None = None) -> int:
-    """Write rows as table, csv or jsonl; return how many."""
+def write_rows(
+    rows: Iterable[Row], fmt: str, out: IO[str] | None = None, details: bool = False
+) -> int:
+    """Write rows as table, csv or jsonl; return how many. ``details`` adds DETAIL_COLUMNS
+    (csv and jsonl)."""
     out = out or sys.stdout
+    columns = COLUMNS + DETAIL_COLUMNS if details else COLUMNS
     n = 0
     if fmt == "jsonl":
         for r in rows:
-            d = asdict(r)
+            d = {c: getattr(r, c) for c in columns}
             if d["error"] is None:
                 del d["error"]
             out.write(json.dumps(d, ensure_ascii=False) + "\n")
             n += 1
     elif fmt == "csv":
         w = csv.writer(out)
-        w.writerow(COLUMNS)
+        w.writerow(columns)
         for r in rows:
-            w.writerow(
-                [
-                    r.path,
-                    r.label or "",
-                    "" if r.confidence is None else r.confidence,
-                    r.error or "",
-                    r.model_version,
-                ]
-            )
+            w.writerow([_cell(getattr(r, c)) for c in columns])
             n += 1
     else:
         from rich.console import Console

@@ -83,6 +83,30 @@ def test_classify_csv_and_export_share_columns(runner, photo_dir, tiny_model):
     assert sorted(map(str, a)) == sorted(map(str, b))
 
 
+def test_export_details_add_probabilities_and_what_was_read(runner, photo_dir, tiny_model):
+    """--details adds every class's probability, pixel size, file hash and labeling time."""
+    import hashlib
+
+    assert (
+        runner.invoke(main, ["classify", str(photo_dir), "--model", str(tiny_model)]).exit_code == 0
+    )
+    lines = runner.invoke(main, ["export", "--format", "jsonl", "--details"]).stdout.splitlines()
+    rows = {Path(r["path"]).name: r for r in map(json.loads, lines)}
+    cat = rows["c0.jpg"]
+    assert set(cat["probabilities"]) == {"cat", "dog"}
+    assert abs(sum(cat["probabilities"].values()) - 1) < 1e-3
+    assert cat["probabilities"]["cat"] == pytest.approx(cat["confidence"], abs=1e-4)
+    assert (cat["width"], cat["height"]) == (48, 40)
+    assert cat["sha256"] == hashlib.sha256((photo_dir / "cats/c0.jpg").read_bytes()).hexdigest()
+    assert cat["labeled_at"].startswith("20")
+    broken = rows["broken.jpg"]
+    assert broken["sha256"] is None and broken["probabilities"] is None and broken["error"]
+    table = runner.invoke(main, ["export", "--format", "csv", "--details"]).stdout
+    csv_rows = {Path(r["path"]).name: r for r in csv.DictReader(io.StringIO(table))}
+    assert json.loads(csv_rows["c0.jpg"]["probabilities"]) == cat["probabilities"]
+    assert csv_rows["broken.jpg"]["width"] == ""
+
+
 def test_classify_on_a_missing_path_says_so(runner, tmp_path):
     """A path that does not exist is a clear error, exit code 2."""
     result = runner.invoke(main, ["classify", str(tmp_path / "nope")])
