@@ -101,10 +101,29 @@ def bench_registration(url: str, root: Path, batch: int, high_water: int) -> dic
     }
 
 
-def bench_writes(url: str, rows: int) -> dict[str, float]:
-    from sqlalchemy import insert
+def _write_batches(url: str, run_id: int, vid: int, batches: list[list[int]]) -> None:
+    """One writer (a worker's share of the batches), on its own connection."""
+    engine = make_engine(url)
+    sessions = session_factory(engine)
+    probs = {"cat": 0.9, "dog": 0.1}
+    for ids in batches:
+        with sessions.begin() as s:
+            save_outcomes(
+                s,
+                run_id,
+                vid,
+                [Outcome(x, "cat", 0.9, probs, None, "ab" * 32, 640, 480) for x in ids],
+            )
+    engine.dispose()
 
-    from db.models import Image
+
+def bench_writes(url: str, rows: int, writers: int = 1) -> dict[str, float]:
+    """``rows`` results in batches of 256 into one run, from ``writers`` processes at once."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from sqlalchemy import func, insert, select
+
+    from db.models import Image, Prediction
 
     engine = make_engine(url)
     upgrade(engine)
@@ -132,23 +151,25 @@ def bench_writes(url: str, rows: int) -> dict[str, float]:
         s.add(run)
         s.flush()
         run_id = run.id
-        ids = list(s.scalars(__import__("sqlalchemy").select(Image.id)))
-    probs = {"cat": 0.9, "dog": 0.1}
-    t0 = time.perf_counter()
-    for i in range(0, rows, 256):
-        with sessions.begin() as s:
-            save_outcomes(
-                s,
-                run_id,
-                vid,
-                [
-                    Outcome(x, "cat", 0.9, probs, None, "ab" * 32, 640, 480)
-                    for x in ids[i : i + 256]
-                ],
+        ids = list(s.scalars(select(Image.id).order_by(Image.id)))
+    batches = [ids[i : i + 256] for i in range(0, rows, 256)]
+    shares = [batches[w::writers] for w in range(writers)]  # as a queue hands them out
+    with ProcessPoolExecutor(writers) as pool:
+        list(
+            pool.map(
+                _write_batches, [url] * writers, [run_id] * writers, [vid] * writers, [[]] * writers
             )
-    secs = time.perf_counter() - t0
+        )  # connect, import
+        t0 = time.perf_counter()
+        list(pool.map(_write_batches, [url] * writers, [run_id] * writers, [vid] * writers, shares))
+        secs = time.perf_counter() - t0
+    with sessions() as s:
+        done = s.get(ScanRun, run_id).done  # type: ignore[union-attr]
+        stored = s.scalar(select(func.count()).select_from(Prediction))
     engine.dispose()
-    return {"rows": rows, "rows_per_s": rows / secs, "batch": 256}
+    if done != rows or stored != rows:
+        raise SystemExit(f"{writers} writers: counted {done}, stored {stored}, expected {rows}")
+    return {"rows": rows, "rows_per_s": rows / secs, "batch": 256, "writers": writers}
 
 
 def main() -> None:
@@ -167,6 +188,7 @@ def main() -> None:
             f"sqlite:///{tempfile.mkdtemp()}/bench.db", args.tree / str(args.files), 256, 64
         ),
         "writes_postgresql": bench_writes(pg_schema("bench_writes"), args.rows),
+        "writes_postgresql_4_writers": bench_writes(pg_schema("bench_writes"), args.rows, 4),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
