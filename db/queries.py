@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -41,9 +42,12 @@ class Outcome:
     height: int | None = None
 
 
-def _insert(session: Session) -> Any:
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
+
+
+def _insert(name: str) -> Any:
     """The dialect's INSERT construct, which knows ON CONFLICT."""
-    name = session.get_bind().dialect.name
     if name == "postgresql":
         return postgresql.insert
     if name == "sqlite":
@@ -57,7 +61,7 @@ def _one_of(session: Session, column: Any, values: Sequence[Any]) -> ColumnEleme
     A 5,000-value IN list costs more to render and bind than the query costs to run (second
     scans went from 20,000 to 45,000 files/s on PostgreSQL with the array).
     """
-    if session.get_bind().dialect.name == "postgresql":
+    if _dialect(session) == "postgresql":
         array = postgresql.ARRAY(column.type)
         return column == any_(bindparam(None, list(values), type_=array))  # type: ignore[no-any-return]
     return column.in_(values)  # type: ignore[no-any-return]
@@ -138,12 +142,21 @@ _PG_REGISTER = text(
     RETURNING id
     """
 )
-_REGISTERS: dict[str, Any] = {}
+
+
+@functools.cache
+def _register_statement(dialect: str) -> Any:
+    """INSERT of new images, skipping paths a concurrent scan inserted; returns their ids."""
+    return (
+        _insert(dialect)(Image)
+        .on_conflict_do_nothing(index_elements=["store", "path"])
+        .returning(Image.id)
+    )
 
 
 def _insert_images(session: Session, store: str, new: Sequence[FileEntry]) -> list[int]:
     """Insert new files (a concurrent scan may have inserted some: skipped); return new ids."""
-    name = session.get_bind().dialect.name
+    name = _dialect(session)
     if name == "postgresql":
         params = {
             "store": store,
@@ -153,46 +166,39 @@ def _insert_images(session: Session, store: str, new: Sequence[FileEntry]) -> li
             "mtimes": [e.mtime for e in new],
         }
         return list(session.scalars(_PG_REGISTER, params))
-    if name not in _REGISTERS:  # one cached statement, sent as executemany
-        _REGISTERS[name] = (
-            _insert(session)(Image)
-            .on_conflict_do_nothing(index_elements=["store", "path"])
-            .returning(Image.id)
-        )
+    # One statement, built and compiled once, sent as executemany.
     now = utcnow()
     rows = [
         {"store": store, "path": e.path, "size": e.size, "mtime": e.mtime, "registered": now}
         for e in new
     ]
-    return list(session.scalars(_REGISTERS[name], rows))
+    return list(session.scalars(_register_statement(name), rows))
 
 
 def image_locations(session: Session, image_ids: Sequence[int]) -> dict[int, tuple[str, str]]:
     """Map image id to (store, relative path)."""
     out: dict[int, tuple[str, str]] = {}
     for chunk in _chunks(list(image_ids)):
-        rows = session.execute(select(Image.id, Image.store, Image.path).where(Image.id.in_(chunk)))
+        rows = session.execute(
+            select(Image.id, Image.store, Image.path).where(_one_of(session, Image.id, chunk))
+        )
         out.update({id_: (store, path) for id_, store, path in rows})
     return out
 
 
-def _upsert_statement(session: Session) -> Any:
+@functools.cache
+def _upsert_statement(dialect: str) -> Any:
     """INSERT ... ON CONFLICT for predictions, built once per dialect (compiled once, cached)."""
-    name = session.get_bind().dialect.name
-    if name not in _UPSERTS:
-        table = Prediction.__table__
-        stmt = _insert(session)(table)
-        ex = stmt.excluded
-        _UPSERTS[name] = stmt.on_conflict_do_update(
-            index_elements=["image_id", "model_version_id"],
-            set_={c: ex[c] for c in _WRITTEN if c not in ("image_id", "model_version_id")},
-            # Only a different run may overwrite: a redelivery within the same run is a no-op.
-            where=table.c.run_id.is_distinct_from(ex.run_id),
-        ).returning(table.c.error)
-    return _UPSERTS[name]
+    table = Prediction.__table__
+    stmt = _insert(dialect)(table)
+    ex = stmt.excluded
+    return stmt.on_conflict_do_update(
+        index_elements=["image_id", "model_version_id"],
+        set_={c: ex[c] for c in _WRITTEN if c not in ("image_id", "model_version_id")},
+        # Only a different run may overwrite: a redelivery within the same run is a no-op.
+        where=table.c.run_id.is_distinct_from(ex.run_id),
+    ).returning(table.c.error)
 
-
-_UPSERTS: dict[str, Any] = {}
 
 #: The prediction columns a result writes.
 _WRITTEN = (
@@ -290,7 +296,7 @@ def _save_generic(
     batch = {"model_version_id": model_version_id, "run_id": run_id, "created": now}
     params = [{**_row(o), **batch} for o in rows]
     # executemany + RETURNING: sent as multi-row VALUES ("insertmanyvalues").
-    errors = list(session.execute(_upsert_statement(session), params).scalars())
+    errors = list(session.execute(_upsert_statement(_dialect(session)), params).scalars())
     failed = sum(e is not None for e in errors)
     done = len(errors) - failed
     if run_id is not None and (done or failed):
@@ -325,7 +331,7 @@ def save_outcomes(
     rows = sorted(outcomes, key=lambda o: o.image_id)  # one lock order: no deadlocks
     if not rows:
         return 0, 0
-    if session.get_bind().dialect.name == "postgresql":
+    if _dialect(session) == "postgresql":
         return _save_postgresql(session, run_id, model_version_id, rows)
     return _save_generic(session, run_id, model_version_id, rows)
 

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from catdog.settings import Settings
 from db.migrate import upgrade
 from db.models import Image, Prediction, ScanRun
-from producer.scan import scan
+from producer.scan import ScanSummary, scan
 from producer.stores import LocalStore
 from workers.inference import InferenceContext, classify_batch
 
@@ -21,15 +21,19 @@ def _context(url: str, model: Path, **extra: object) -> InferenceContext:
     return ctx
 
 
+def _classify_all(ctx: InferenceContext, root: Path) -> ScanSummary:
+    """Scan ``root`` and classify every batch in this process."""
+
+    def send(run: int, ids: list[int]) -> None:
+        classify_batch(ctx, run, ids)
+
+    return scan(ctx.sessions, ctx.settings, [LocalStore(root)], send)
+
+
 def test_a_scan_labels_good_images_and_records_broken_ones(photo_dir, sqlite_url, tiny_model):
     """Every registered file ends with a label or a failure reason, and counters agree."""
     ctx = _context(sqlite_url, tiny_model)
-    summary = scan(
-        ctx.sessions,
-        ctx.settings,
-        [LocalStore(photo_dir)],
-        lambda run, ids: classify_batch(ctx, run, ids),
-    )
+    summary = _classify_all(ctx, photo_dir)
     with ctx.sessions() as s:
         rows = {
             path: (p.label, p.error)
@@ -87,12 +91,7 @@ def test_the_same_batch_twice_leaves_one_result_per_image(photo_dir, sqlite_url,
 def test_low_confidence_is_labeled_uncertain(photo_dir, sqlite_url, tiny_model):
     """With a threshold above every confidence, labels become 'uncertain'."""
     ctx = _context(sqlite_url, tiny_model, confidence_threshold=0.999)
-    scan(
-        ctx.sessions,
-        ctx.settings,
-        [LocalStore(photo_dir)],
-        lambda run, ids: classify_batch(ctx, run, ids),
-    )
+    _classify_all(ctx, photo_dir)
     with ctx.sessions() as s:
         labels = set(s.scalars(select(Prediction.label).where(Prediction.error.is_(None))))
     assert labels == {"uncertain"}
@@ -106,12 +105,7 @@ def test_files_outside_configured_roots_are_failed_not_read(
     allowed = tmp_path / "elsewhere"
     allowed.mkdir()
     ctx = _context(sqlite_url, tiny_model, store_roots=[allowed])
-    scan(
-        ctx.sessions,
-        ctx.settings,
-        [LocalStore(photo_dir)],
-        lambda run, ids: classify_batch(ctx, run, ids),
-    )
+    _classify_all(ctx, photo_dir)
     with ctx.sessions() as s:
         errors = set(s.scalars(select(Prediction.error)))
     assert errors == {"refused: path is outside the configured store roots"}

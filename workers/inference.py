@@ -52,6 +52,13 @@ class BatchResult:
         }
 
 
+def _usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):  # Linux; not macOS or Windows
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 @dataclass
 class InferenceContext:
     """Per-process resources built once: engine, decode threads, the loaded model."""
@@ -67,7 +74,7 @@ class InferenceContext:
     def create(cls, settings: Settings) -> InferenceContext:
         """Build the context for this process (engine and threads, not yet the model)."""
         engine = engine_for(settings.database())
-        threads = settings.decode_threads or max(4, len(os.sched_getaffinity(0)))
+        threads = settings.decode_threads or max(4, _usable_cpus())
         pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
         return cls(settings, engine, session_factory(engine), pool)
 

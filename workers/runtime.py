@@ -101,9 +101,7 @@ def tflite_runner(
         return np.concatenate(parts)[:n]
 
     # A conversion that changed the model's answers is never used.
-    with filtered_stderr():  # the first invoke may announce the delegate too
-        same = agrees(run, keras_model, input_size, TFLITE_BATCH)
-    if not same:
+    if not agrees(run, keras_model, input_size, TFLITE_BATCH):
         log.warning("TFLite conversion disagrees with Keras; using TensorFlow")
         return None
     log.info("CPU inference on TFLite/XNNPACK (%s)", cached)
