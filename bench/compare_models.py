@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training import datasets  # noqa: E402
-from training.evaluate import evaluate_on  # noqa: E402
+from catdog.training import datasets  # noqa: E402
+from catdog.training.evaluate import evaluate_on  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {

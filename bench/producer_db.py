@@ -19,13 +19,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import pg_schema  # noqa: E402
+from catdog.db.engine import make_engine, session_factory  # noqa: E402
+from catdog.db.migrate import upgrade  # noqa: E402
+from catdog.db.models import ModelVersion, ScanRun  # noqa: E402
+from catdog.db.queries import Outcome, save_outcomes  # noqa: E402
+from catdog.producer.scan import scan  # noqa: E402
+from catdog.producer.stores import LocalStore  # noqa: E402
 from catdog.settings import Settings  # noqa: E402
-from db.engine import make_engine, session_factory  # noqa: E402
-from db.migrate import upgrade  # noqa: E402
-from db.models import ModelVersion, ScanRun  # noqa: E402
-from db.queries import Outcome, save_outcomes  # noqa: E402
-from producer.scan import scan  # noqa: E402
-from producer.stores import LocalStore  # noqa: E402
 
 
 def make_tree(root: Path, n: int) -> None:
@@ -70,9 +70,9 @@ def bench_registration(url: str, root: Path, batch: int, high_water: int) -> dic
             queued.pop(0)
         return len(queued)
 
-    import producer.scan
+    import catdog.producer.scan
 
-    producer.scan.BACKPRESSURE_POLL_S = 0.001  # the fake worker is instant; don't sleep
+    catdog.producer.scan.BACKPRESSURE_POLL_S = 0.001  # the fake worker is instant; don't sleep
     t0 = time.perf_counter()
     first = scan(sessions, settings, [store], send, depth)
     t_first = time.perf_counter() - t0
@@ -81,7 +81,7 @@ def bench_registration(url: str, root: Path, batch: int, high_water: int) -> dic
         vid = s.get(ScanRun, first.run_id).model_version_id  # type: ignore[union-attr]
         from sqlalchemy import select
 
-        from db.models import Image
+        from catdog.db.models import Image
 
         ids = list(s.scalars(select(Image.id)))
     for i in range(0, len(ids), 5000):
@@ -124,7 +124,7 @@ def bench_writes(url: str, rows: int, writers: int = 1) -> dict[str, float]:
 
     from sqlalchemy import func, insert, select
 
-    from db.models import Image, Prediction
+    from catdog.db.models import Image, Prediction
 
     engine = make_engine(url)
     upgrade(engine)

@@ -34,7 +34,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from sqlalchemy import Engine, create_engine, func, select  # noqa: E402
 
 from bench.common import make_corpus, rss_mb, start_worker  # noqa: E402
-from db.models import Image, Prediction  # noqa: E402
+from catdog.db.models import Image, Prediction  # noqa: E402
 
 PG = os.environ.get("CATDOG_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 #: Small pictures: the soak is about the queue, not decoding speed.
@@ -111,10 +111,10 @@ def main() -> int:
     args = parser.parse_args()
     rng = random.Random(args.seed)
 
+    from catdog.db.engine import make_engine
+    from catdog.db.migrate import upgrade
     from catdog.settings import BUNDLED_MODEL
     from conftest import build_tiny_model
-    from db.engine import make_engine
-    from db.migrate import upgrade
     from runs import count_run, scan_with_broker, wait_for_run
     from services import RedisServer
 

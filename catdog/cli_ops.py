@@ -85,7 +85,7 @@ def flower(port: int, address: str) -> None:
     if settings.embedded:
         raise click.ClickException("Flower watches a broker: set CATDOG_BROKER_URL")
     argv = flower_argv(settings, port, address)
-    from workers.app import app
+    from catdog.workers.app import app
 
     # In-process rather than exec: the password never shows in the process list.
     app.start(argv)
@@ -96,8 +96,8 @@ def flower(port: int, address: str) -> None:
 @click.option("--address", default="127.0.0.1", show_default=True, help="Interface.")
 def metrics(port: int | None, address: str) -> None:
     """Serve catdog's Prometheus metrics at /metrics (runs, queues, worker throughput)."""
-    from db.engine import engine_for, session_factory
-    from workers.metrics import DEFAULT_PORT, make_server, metrics_text
+    from catdog.db.engine import engine_for, session_factory
+    from catdog.workers.metrics import DEFAULT_PORT, make_server, metrics_text
 
     settings = get_settings()
     sessions = session_factory(engine_for(settings.database()))
@@ -127,8 +127,8 @@ def metrics(port: int | None, address: str) -> None:
 )
 def report(out_dir: Path) -> None:
     """Write an HTML results report: counts, confidence histogram, doubtful images, failures."""
-    from db.engine import engine_for, session_factory
-    from workers.report import write_report
+    from catdog.db.engine import engine_for, session_factory
+    from catdog.workers.report import write_report
 
     settings = get_settings()
     with session_factory(engine_for(settings.database()))() as session:

@@ -13,8 +13,8 @@ from catdog.settings import Settings, get_settings
 
 def _database(settings: Settings):  # type: ignore[no-untyped-def]
     """Engine + session factory with migrations applied (the embedded mode needs no setup)."""
-    from db.engine import engine_for, session_factory
-    from db.migrate import upgrade
+    from catdog.db.engine import engine_for, session_factory
+    from catdog.db.migrate import upgrade
 
     engine = engine_for(settings.database())
     upgrade(engine)
@@ -38,10 +38,10 @@ def classify(
     from rich.progress import Progress
 
     from catdog.output import rows_for, write_rows
-    from producer.scan import scan
-    from producer.stores import LocalStore
-    from training.registry import ModelNotFound, current_version
-    from workers.inference import InferenceContext, StartedBatch, finish_batch, start_batch
+    from catdog.producer.scan import scan
+    from catdog.producer.stores import LocalStore
+    from catdog.training.registry import ModelNotFound, current_version
+    from catdog.workers.inference import InferenceContext, StartedBatch, finish_batch, start_batch
 
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
@@ -98,10 +98,10 @@ def scan_cmd(root: Path, wait: bool, relabel: bool, retry_failed: bool) -> None:
     """Register images under ROOT and queue batches for the workers."""
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
-    from producer.queue import BrokerQueue
-    from producer.scan import scan
-    from producer.stores import LocalStore
-    from workers.app import make_celery
+    from catdog.producer.queue import BrokerQueue
+    from catdog.producer.scan import scan
+    from catdog.producer.stores import LocalStore
+    from catdog.workers.app import make_celery
 
     settings = get_settings()
     if settings.embedded:
@@ -165,10 +165,10 @@ def worker(
     settings = get_settings()
     if settings.embedded:
         _fail("CATDOG_BROKER_URL is not set: a worker needs a broker (e.g. redis://host:6379/0)")
-    from workers.app import app
+    from catdog.workers.app import app
 
     if "training" in queues.split(","):
-        import training.tasks  # noqa: F401 - registers catdog.train
+        import catdog.training.tasks  # noqa: F401 - registers catdog.train
 
     pool = pool or ("solo" if concurrency == 1 else "threads")
     os.environ["CATDOG_WORKER_QUEUES"] = queues  # start-up hooks load only what is served

@@ -22,16 +22,16 @@ def _fail(exc: Exception) -> click.ClickException:
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    from training.datasets import DatasetError
-    from training.registry import ModelNotFound
+    from catdog.training.datasets import DatasetError
+    from catdog.training.registry import ModelNotFound
 
     return (DatasetError, ModelNotFound, ValueError, FileNotFoundError)
 
 
 def _session() -> Any:
+    from catdog.db.engine import engine_for, session_factory
+    from catdog.db.migrate import upgrade
     from catdog.settings import get_settings
-    from db.engine import engine_for, session_factory
-    from db.migrate import upgrade
 
     engine = engine_for(get_settings().database())
     upgrade(engine)
@@ -56,8 +56,8 @@ def _session() -> Any:
 )
 def explore(data: Path, out_dir: Path, sample: int | None) -> None:
     """Write an exploration report of the labeled images in DATA."""
-    from training.explore import DEFAULT_SAMPLE
-    from training.explore import explore as run
+    from catdog.training.explore import DEFAULT_SAMPLE
+    from catdog.training.explore import explore as run
 
     try:
         report = run(data, out_dir, sample=sample or DEFAULT_SAMPLE)
@@ -121,7 +121,7 @@ def train(
     """Train a model locally; writes model.keras, model.json, history and report.html."""
     from rich.console import Console
 
-    from training.datasets import discover
+    from catdog.training.datasets import discover
 
     try:
         discover(data)  # fail on bad data before TensorFlow loads
@@ -130,7 +130,7 @@ def train(
         parsed = tuple(int(w) for w in widths.split(",")) if widths else None
     except _user_errors() as exc:
         raise _fail(exc) from exc
-    from training.train import train as run
+    from catdog.training.train import train as run
 
     console = Console(stderr=True)
     try:
@@ -150,7 +150,7 @@ def train(
     except _user_errors() as exc:
         raise _fail(exc) from exc
     except RuntimeError as exc:
-        from training.convert import WeightsUnavailable
+        from catdog.training.convert import WeightsUnavailable
 
         # lite0 without ImageNet weights: the message says how to install them.
         if isinstance(exc, WeightsUnavailable):
@@ -167,7 +167,7 @@ def train(
 
 def _default_model() -> Path:
     from catdog.settings import get_settings
-    from training import registry
+    from catdog.training import registry
 
     with _session() as session:
         return Path(registry.current_version(session, get_settings()).file)
@@ -175,7 +175,7 @@ def _default_model() -> Path:
 
 def format_metrics(metrics: dict[str, Any]) -> str:
     """Metrics as aligned text: headline numbers, then one line per class."""
-    from training.evaluate import HEADLINE_METRICS
+    from catdog.training.evaluate import HEADLINE_METRICS
 
     lines = [
         f"{k:<20}{metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k:<20}{metrics[k]}"
@@ -217,14 +217,14 @@ def format_metrics(metrics: dict[str, Any]) -> str:
 )
 def evaluate(data: Path, model_file: Path | None, fmt: str, threshold: float | None) -> None:
     """Metrics of a model on the labeled images in DATA."""
-    from training.datasets import discover
+    from catdog.training.datasets import discover
 
     try:
         discover(data)
         model_file = model_file or _default_model()
         if not model_file.is_file():
             raise FileNotFoundError(f"model file not found: {model_file}")
-        from training.evaluate import evaluate as run
+        from catdog.training.evaluate import evaluate as run
 
         metrics = run(model_file, data, threshold=threshold)
     except _user_errors() as exc:
@@ -262,7 +262,7 @@ def retrain(
 ) -> None:
     """Queue a training job on the training worker (queue "training")."""
     from catdog.settings import get_settings
-    from workers.app import TRAINING_QUEUE, app
+    from catdog.workers.app import TRAINING_QUEUE, app
 
     if get_settings().embedded:
         raise click.ClickException(
@@ -332,7 +332,7 @@ def list_models() -> None:
     """List registered model versions; * marks production."""
     from sqlalchemy import select
 
-    from db.models import ModelVersion
+    from catdog.db.models import ModelVersion
 
     with _session() as session:
         rows = session.scalars(select(ModelVersion).order_by(ModelVersion.created)).all()
@@ -351,7 +351,7 @@ def list_models() -> None:
 @click.argument("version")
 def promote_model(version: str) -> None:
     """Make VERSION (or a .keras file, registered on the way) the production model."""
-    from training import registry
+    from catdog.training import registry
 
     with _session() as session:
         try:

@@ -13,8 +13,8 @@ from typing import IO
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import Image, ModelVersion, Prediction
-from db.queries import IN_CHUNK, latest_predictions
+from catdog.db.models import Image, ModelVersion, Prediction
+from catdog.db.queries import IN_CHUNK, latest_predictions
 
 #: Column order of every table, CSV and JSONL output.
 COLUMNS = ("path", "label", "confidence", "error", "model_version")

@@ -13,7 +13,7 @@ from rich.table import Table
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import ScanRun
+from catdog.db.models import ScanRun
 
 #: Seconds between two looks at the database while waiting.
 POLL_S = 0.5

@@ -13,7 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from db.models import Image, ModelVersion, Prediction, ScanRun, utcnow
+from catdog.db.models import Image, ModelVersion, Prediction, ScanRun, utcnow
 
 #: Parameters per IN (...) list; well under SQLite's 32,766 variable limit.
 IN_CHUNK = 5000

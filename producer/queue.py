@@ -7,7 +7,7 @@ import time
 
 from celery import Celery
 
-from workers.app import INFERENCE_QUEUE
+from catdog.workers.app import INFERENCE_QUEUE
 
 log = logging.getLogger(__name__)
 

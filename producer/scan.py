@@ -11,11 +11,11 @@ from itertools import islice
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from catdog.db.models import ScanRun, utcnow
+from catdog.db.queries import FileEntry, finish_run_if_complete, register_images
+from catdog.producer.stores import Store
 from catdog.settings import Settings
-from db.models import ScanRun, utcnow
-from db.queries import FileEntry, finish_run_if_complete, register_images
-from producer.stores import Store
-from training import registry
+from catdog.training import registry
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-from db.queries import FileEntry
+from catdog.db.queries import FileEntry
 
 #: File name extensions the producer registers (lower case).
 IMAGE_EXTENSIONS = frozenset(

@@ -114,7 +114,7 @@ def postgres_url() -> Iterator[str]:
         _service_missing("PostgreSQL", exc)
     # libpq's options parameter sets the search_path for every connection of this URL.
     yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    from db.engine import engine_for
+    from catdog.db.engine import engine_for
 
     engine_for.cache_clear()
     with admin.begin() as conn:
@@ -212,8 +212,8 @@ class WorkerProcess:
 
 def make_cluster_env(broker_url: str, postgres_url: str, model: Path) -> dict[str, str]:
     """Environment of a cluster on ``broker_url`` and a migrated ``postgres_url``."""
-    from db.engine import make_engine
-    from db.migrate import upgrade
+    from catdog.db.engine import make_engine
+    from catdog.db.migrate import upgrade
 
     engine = make_engine(postgres_url)
     upgrade(engine)

@@ -13,5 +13,5 @@ PY=${PYTHON:-python3}
 .venv/bin/pip install -q -e ".[dev,convert]"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/mypy catdog db workers producer training
+.venv/bin/mypy -p catdog
 .venv/bin/pytest "$@"

@@ -8,13 +8,13 @@ from pathlib import Path
 
 from sqlalchemy import Engine, func, select
 
+from catdog.db.engine import make_engine, session_factory
+from catdog.db.models import Prediction, ScanRun
+from catdog.producer.queue import BrokerQueue
+from catdog.producer.scan import ScanSummary, scan
+from catdog.producer.stores import LocalStore
 from catdog.settings import Settings
-from db.engine import make_engine, session_factory
-from db.models import Prediction, ScanRun
-from producer.queue import BrokerQueue
-from producer.scan import ScanSummary, scan
-from producer.stores import LocalStore
-from workers.app import make_celery
+from catdog.workers.app import make_celery
 
 
 def settings_for(env: dict[str, str], **overrides: object) -> Settings:

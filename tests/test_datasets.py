@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from training.datasets import (
+from catdog.training.datasets import (
     DatasetError,
     discover,
     fingerprint,

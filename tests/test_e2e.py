@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
-from db.models import Prediction, ScanRun
-from workers.metrics import metrics_text
+from catdog.db.models import Prediction, ScanRun
+from catdog.workers.metrics import metrics_text
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from training.evaluate import compute_metrics, evaluate, expected_calibration_error, roc_auc
+from catdog.training.evaluate import compute_metrics, evaluate, expected_calibration_error, roc_auc
 from training_data import make_dataset
 
 #: Shared fixtures: blob_data (generated images) and tiny_run (a model trained on them).

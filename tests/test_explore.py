@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from training.explore import average_hash, explore
+from catdog.training.explore import average_hash, explore
 from training_data import make_dataset
 
 

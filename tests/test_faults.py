@@ -92,8 +92,8 @@ def test_a_redis_restart_during_a_scan_loses_nothing(
 def test_the_producer_waits_out_a_broker_outage(fault_env, own_redis: RedisServer):
     """With Redis down, reading the queue length and sending a batch both wait for it to come
     back instead of failing the scan."""
-    from producer.queue import BrokerQueue
-    from workers.app import make_celery
+    from catdog.producer.queue import BrokerQueue
+    from catdog.workers.app import make_celery
 
     app = make_celery(settings_for(fault_env))
     queue = BrokerQueue(app, "store")
@@ -194,7 +194,7 @@ def test_a_batch_that_keeps_killing_its_worker_ends_as_recorded_failures(
     The task runs in this process (no model is needed to give up); Redis holds the count of
     starts that never finished, as it would after three workers were killed by the batch.
     """
-    from workers import tasks
+    from catdog.workers import tasks
 
     env(
         broker_url=own_redis.url(),

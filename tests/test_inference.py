@@ -6,12 +6,12 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
+from catdog.db.migrate import upgrade
+from catdog.db.models import Image, Prediction, ScanRun
+from catdog.producer.scan import ScanSummary, scan
+from catdog.producer.stores import LocalStore
 from catdog.settings import Settings
-from db.migrate import upgrade
-from db.models import Image, Prediction, ScanRun
-from producer.scan import ScanSummary, scan
-from producer.stores import LocalStore
-from workers.inference import InferenceContext, classify_batch
+from catdog.workers.inference import InferenceContext, classify_batch
 
 
 def _context(url: str, model: Path, **extra: object) -> InferenceContext:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from catdog.workers.lease import UNACKED_INDEX_KEY, Lease
 from conftest import make_image
 from runs import scan_with_broker, wait_for_run
 from services import RedisServer
-from workers.lease import UNACKED_INDEX_KEY, Lease
 
 pytestmark = pytest.mark.services
 

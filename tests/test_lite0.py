@@ -10,8 +10,8 @@ from typing import NoReturn
 import numpy as np
 import pytest
 
-from training.convert import convert_lite0, find_lite0_weights, load_torch_state_dict
-from training.lite0 import BN_EPSILON, STAGES, block_names, build_lite0
+from catdog.training.convert import convert_lite0, find_lite0_weights, load_torch_state_dict
+from catdog.training.lite0 import BN_EPSILON, STAGES, block_names, build_lite0
 
 #: Real photos to classify with the ImageNet head.
 PHOTOS = Path(__file__).parents[2] / "shared/data/catsdogs-train"
@@ -184,7 +184,7 @@ def test_imagenet_backbone_caches_converted_weights_and_then_needs_no_checkpoint
     state_dict, tmp_path, monkeypatch
 ):
     """The first call writes the cache; later calls load it even without the package."""
-    from training import convert
+    from catdog.training import convert
 
     monkeypatch.setenv("CATDOG_CACHE_DIR", str(tmp_path))
     first = convert.imagenet_backbone((64, 64, 3))
@@ -197,7 +197,7 @@ def test_imagenet_backbone_caches_converted_weights_and_then_needs_no_checkpoint
 
 def test_imagenet_backbone_without_cache_or_checkpoint_says_how_to_get_one(tmp_path, monkeypatch):
     """With neither cached weights nor the checkpoint package, the error names the fix."""
-    from training import convert
+    from catdog.training import convert
 
     monkeypatch.setenv("CATDOG_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(convert, "find_lite0_weights", lambda: None)

@@ -15,8 +15,8 @@ import redis
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
-from db.models import Base, ScanRun
-from workers import metrics
+from catdog.db.models import Base, ScanRun
+from catdog.workers import metrics
 
 #: A Redis database of these tests' own, so flushing it disturbs no other suite.
 METRICS_REDIS_DB = 13

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from db.engine import make_engine
-from db.migrate import downgrade, upgrade
+from catdog.db.engine import make_engine
+from catdog.db.migrate import downgrade, upgrade
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from training.model import make_model, save_model
+from catdog.training.model import make_model, save_model
 
 
 @pytest.mark.parametrize("arch,size", [("tiny", 32), ("scratch", 64)])
@@ -25,7 +25,7 @@ def test_every_arch_maps_raw_pixels_to_softmax_probabilities(arch: str, size: in
 
 def test_lite0_puts_a_softmax_head_on_the_named_backbone(monkeypatch: pytest.MonkeyPatch) -> None:
     """lite0 wraps ``build_lite0`` (stubbed here: tests/test_lite0.py covers the real one)."""
-    from training import lite0
+    from catdog.training import lite0
 
     def small_backbone(
         input_shape: tuple[int, int, int], include_top: bool = False, pooling: str = "avg"

@@ -6,10 +6,10 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.engine import make_engine, session_factory
-from db.migrate import upgrade
-from db.models import ModelVersion, Prediction, ScanRun
-from db.queries import FileEntry, Outcome, register_images, save_outcomes
+from catdog.db.engine import make_engine, session_factory
+from catdog.db.migrate import upgrade
+from catdog.db.models import ModelVersion, Prediction, ScanRun
+from catdog.db.queries import FileEntry, Outcome, register_images, save_outcomes
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from workers.model import load_model
+from catdog.workers.model import load_model
 
 
 def test_tflite_and_tensorflow_runtimes_agree(tiny_model, tmp_path, monkeypatch):

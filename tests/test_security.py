@@ -11,10 +11,10 @@ import pytest
 from kombu import Connection
 
 from catdog.settings import SecretFileError, Settings
+from catdog.workers.app import make_celery
 from conftest import make_image
 from runs import scan_held, wait_for_run
 from services import RedisServer
-from workers.app import make_celery
 
 
 class _Exploit:
@@ -113,11 +113,11 @@ def test_a_batch_naming_images_outside_the_store_roots_reads_none_of_them(
 ):
     """Whatever ids a message carries, the task refuses files outside CATDOG_STORE_ROOTS,
     by store or by ``..``, and labels the rest."""
-    from db.engine import engine_for, session_factory
-    from db.migrate import upgrade
-    from db.queries import FileEntry, register_images
-    from training.registry import current_version
-    from workers import tasks
+    from catdog.db.engine import engine_for, session_factory
+    from catdog.db.migrate import upgrade
+    from catdog.db.queries import FileEntry, register_images
+    from catdog.training.registry import current_version
+    from catdog.workers import tasks
 
     allowed, secret = tmp_path / "allowed", tmp_path / "private"
     make_image(allowed / "ok.png", "cat")
@@ -153,7 +153,7 @@ def test_a_model_with_code_in_it_is_refused_by_the_worker_loader(tmp_path: Path)
     """A ``.keras`` file with a Lambda layer would run its code; safe mode refuses to load it."""
     import keras
 
-    from workers.model import load_model
+    from catdog.workers.model import load_model
 
     marker = tmp_path / "ran"
     touch = f"touch {marker}"

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
+from catdog.db.engine import engine_for, session_factory
+from catdog.db.models import ModelVersion, TrainingRun
 from catdog.settings import Settings
-from db.engine import engine_for, session_factory
-from db.models import ModelVersion, TrainingRun
-from training import registry
-from training.datasets import DatasetError
-from training.train import train
+from catdog.training import registry
+from catdog.training.datasets import DatasetError
+from catdog.training.train import train
 from training_data import make_dataset
 
 #: Shared fixtures: blob_data (generated images) and tiny_run (a model trained on them).
@@ -80,7 +80,7 @@ def test_run_training_promotes_a_first_model_and_keeps_production_when_not_bette
     blob_data: Path, tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first model is promoted; an equally good retrain is registered but not promoted."""
-    from training.tasks import run_training
+    from catdog.training.tasks import run_training
 
     monkeypatch.setattr(registry, "BUNDLED_MODEL", tmp_path / "no-bundled-model.keras")
     settings = Settings(database_url=sqlite_url, models_dir=tmp_path / "models")
@@ -114,7 +114,7 @@ def test_a_retrain_without_arch_continues_from_the_production_model(
     blob_data: Path, tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No arch: the new model starts from production's weights, in its architecture."""
-    from training.tasks import run_training
+    from catdog.training.tasks import run_training
 
     monkeypatch.setattr(registry, "BUNDLED_MODEL", tmp_path / "no-bundled-model.keras")
     settings = Settings(database_url=sqlite_url, models_dir=tmp_path / "models")
@@ -143,7 +143,7 @@ def test_a_model_does_not_continue_on_data_with_other_classes(
 
 def test_promotion_needs_higher_accuracy_or_equal_accuracy_and_lower_log_loss() -> None:
     """Accuracy decides first, log loss breaks ties, and anything beats no model."""
-    from training.tasks import is_better
+    from catdog.training.tasks import is_better
 
     old = {"accuracy": 0.9, "log_loss": 0.3}
     assert is_better({"accuracy": 0.91, "log_loss": 0.9}, old)
@@ -155,7 +155,7 @@ def test_promotion_needs_higher_accuracy_or_equal_accuracy_and_lower_log_loss() 
 
 def test_a_failed_training_run_is_recorded(tmp_path: Path, sqlite_url: str) -> None:
     """A job whose data is unusable leaves a failed training_runs row with the reason."""
-    from training.tasks import run_training
+    from catdog.training.tasks import run_training
 
     settings = Settings(database_url=sqlite_url, models_dir=tmp_path / "models")
     with pytest.raises(DatasetError):
@@ -167,8 +167,8 @@ def test_a_failed_training_run_is_recorded(tmp_path: Path, sqlite_url: str) -> N
 
 def test_the_training_task_is_registered_under_its_stable_name() -> None:
     """Importing training.tasks registers ``catdog.train`` on the workers' Celery app."""
-    import training.tasks  # noqa: F401
-    from workers.app import app
+    import catdog.training.tasks  # noqa: F401
+    from catdog.workers.app import app
 
     assert "catdog.train" in app.tasks
     assert app.conf.task_routes["catdog.train"] == {"queue": "training"}
@@ -178,8 +178,8 @@ def test_lite0_goes_through_the_cached_feature_trainer(
     blob_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """arch lite0 calls training.transfer.train and adds history, metrics and the report."""
-    from training import transfer
-    from training.model import make_model, save_model
+    from catdog.training import transfer
+    from catdog.training.model import make_model, save_model
 
     def fake_transfer(data_dir: Path, out: Path, seed: int = 0, **kwargs: Any) -> dict[str, Any]:
         meta = {

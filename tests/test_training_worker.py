@@ -9,7 +9,7 @@ import sys
 import pytest
 from sqlalchemy import create_engine, select
 
-from db.models import ModelVersion, TrainingRun
+from catdog.db.models import ModelVersion, TrainingRun
 from training_data import make_dataset
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]

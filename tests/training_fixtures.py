@@ -19,7 +19,7 @@ def blob_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(blob_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A ``tiny`` model trained for two epochs on ``blob_data``, with its progress calls."""
-    from training.train import train
+    from catdog.training.train import train
 
     calls: list[tuple[int, int, dict[str, float]]] = []
     result = train(

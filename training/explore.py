@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from training.datasets import LabeledImages, discover
-from training.report import contact_sheet, html_image, html_page, html_table, plt
+from catdog.training.datasets import LabeledImages, discover
+from catdog.training.report import contact_sheet, html_image, html_page, html_table, plt
 
 #: Images looked at by default; more are sampled down to this many (seeded).
 DEFAULT_SAMPLE = 30_000

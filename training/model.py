@@ -87,13 +87,13 @@ def _tiny(inputs: Any, num_classes: int) -> Any:
 
 def _lite0_backbone(input_shape: tuple[int, int, int], weights: str | None) -> keras.Model:
     try:
-        from training import lite0
+        from catdog.training import lite0
     except ImportError as exc:  # pragma: no cover - the module ships with catdog
         raise RuntimeError("arch 'lite0' needs training/lite0.py") from exc
     if weights is None:
         return lite0.build_lite0(input_shape, include_top=False, pooling="avg")
     try:
-        from training.convert import imagenet_backbone
+        from catdog.training.convert import imagenet_backbone
     except ImportError as exc:
         raise RuntimeError(
             "arch 'lite0' with ImageNet weights needs training.convert.imagenet_backbone "

@@ -17,8 +17,8 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from catdog.db.models import ModelVersion
 from catdog.settings import BUNDLED_MODEL, Settings
-from db.models import ModelVersion
 
 
 class ModelNotFound(RuntimeError):

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw, ImageOps  # noqa: E402
 
-from training.evaluate import HEADLINE_METRICS, roc_curve  # noqa: E402
+from catdog.training.evaluate import HEADLINE_METRICS, roc_curve  # noqa: E402
 
 #: Wrong validation images shown in the report, most confident first.
 MISTAKES_SHOWN = 16

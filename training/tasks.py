@@ -11,12 +11,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from catdog.db.engine import engine_for, session_factory
+from catdog.db.migrate import upgrade
+from catdog.db.models import TrainingRun
 from catdog.settings import Settings, get_settings
-from db.engine import engine_for, session_factory
-from db.migrate import upgrade
-from db.models import TrainingRun
-from training import registry
-from workers.app import app
+from catdog.training import registry
+from catdog.workers.app import app
 
 #: Metrics copied into the task result and the ``--wait`` summary.
 SUMMARY_KEYS = ("accuracy", "roc_auc", "log_loss", "f1", "ece", "n")
@@ -59,7 +59,7 @@ def starting_point(session: Any, settings: Settings, arch: str | None) -> tuple[
         current = registry.current_version(session, settings)
     except registry.ModelNotFound as exc:
         raise ValueError(f"no current model to continue from ({exc}): pass --arch") from exc
-    from training.model import ARCHS  # keras: only once a job runs
+    from catdog.training.model import ARCHS  # keras: only once a job runs
 
     arch = registry.read_metadata(Path(current.file)).get("arch")
     if arch not in ARCHS:
@@ -89,9 +89,9 @@ def run_training(
     Without ``arch`` the new model continues from the production model's weights (same
     architecture, input size and classes); with one, a new model of that architecture.
     """
-    from training.datasets import discover, split
-    from training.evaluate import evaluate_on
-    from training.train import train
+    from catdog.training.datasets import discover, split
+    from catdog.training.evaluate import evaluate_on
+    from catdog.training.train import train
 
     settings = settings or get_settings()
     engine = engine_for(settings.database())

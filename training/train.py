@@ -18,11 +18,11 @@ import keras
 import numpy as np
 from rich.console import Console
 
-from training import datasets
-from training.evaluate import HEADLINE_METRICS, compute_metrics, predict
-from training.model import ARCHS, DEFAULT_INPUT_SIZE, SCRATCH_WIDTHS, make_model, save_model
-from training.progress import EpochProgress, ProgressFn
-from training.report import write_training_report
+from catdog.training import datasets
+from catdog.training.evaluate import HEADLINE_METRICS, compute_metrics, predict
+from catdog.training.model import ARCHS, DEFAULT_INPUT_SIZE, SCRATCH_WIDTHS, make_model, save_model
+from catdog.training.progress import EpochProgress, ProgressFn
+from catdog.training.report import write_training_report
 
 #: Epochs when the caller gives none; early stopping usually ends scratch runs sooner.
 DEFAULT_EPOCHS = {"tiny": 2, "scratch": 16, "lite0": 8}
@@ -214,7 +214,7 @@ def finish_run(
 
 def _check_same_classes(model_file: Path, classes: list[str]) -> None:
     """A model continues only on data with its own classes, in its own order."""
-    from training.registry import read_metadata
+    from catdog.training.registry import read_metadata
 
     known = [str(c) for c in read_metadata(model_file).get("classes", [])]
     if known != classes:
@@ -255,7 +255,7 @@ def train(
         start = keras.saving.load_model(Path(initial_model), safe_mode=True, compile=False)
         input_size = int(start.input_shape[1])
     elif arch == "lite0":
-        from training.train_lite0 import train_cached_lite0
+        from catdog.training.train_lite0 import train_cached_lite0
 
         cached = train_cached_lite0(data_dir, out_dir, epochs, input_size, seed, progress, report)
         if cached is not None:

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from training import datasets
-from training.evaluate import compute_metrics, load_model, predict
-from training.progress import ProgressFn
-from training.registry import read_metadata
+from catdog.training import datasets
+from catdog.training.evaluate import compute_metrics, load_model, predict
+from catdog.training.progress import ProgressFn
+from catdog.training.registry import read_metadata
 
 
 def _history(rows: list[dict[str, float]]) -> dict[str, list[float]]:
@@ -40,13 +40,13 @@ def train_cached_lite0(
     and fixed by ``training.transfer``). Progress is reported once, when training ends.
     """
     try:
-        from training import transfer
+        from catdog.training import transfer
     except ImportError:
         return None
     trainer = getattr(transfer, "train", None)
     if trainer is None:
         return None
-    from training.train import finish_run
+    from catdog.training.train import finish_run
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

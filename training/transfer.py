@@ -7,7 +7,7 @@ are trained on them. The trained layers are then copied into the same end-to-end
 ``training.model.make_model("lite0", ...)`` builds, so the saved ``.keras`` file maps RGB
 0..255 images straight to softmax probabilities, exactly like every other catdog model.
 
-    python -m training.transfer --data DIR --out catdog/models/default.keras --size 160
+    python -m catdog.training.transfer --data DIR --out catdog/models/default.keras --size 160
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 from rich.progress import track
 
-from training import datasets
-from training.evaluate import compute_metrics, evaluate_on
-from workers.decode import ImageError, decode
+from catdog.training import datasets
+from catdog.training.evaluate import compute_metrics, evaluate_on
+from catdog.workers.decode import ImageError, decode
 
 #: The backbone is cut after this block: what follows (block7a, top) is trained on the cache.
 CUT_LAYER = "block6d_add"
@@ -116,7 +116,7 @@ def extract(
 
 def measure_speed(sizes: Sequence[int], files: Sequence[str], batches: int = 5) -> dict[int, float]:
     """Return images per second (JPEG decode + Lite0 + head, batch `BATCH`) per input size."""
-    from training.lite0 import build_lite0
+    from catdog.training.lite0 import build_lite0
 
     speeds = {}
     chosen = list(files[: batches * BATCH])
@@ -134,7 +134,7 @@ def _split_backbone(size: int) -> tuple[Any, Any, Any]:
     """Return (ImageNet backbone, its part up to `CUT_LAYER`, the rest as a model)."""
     import keras
 
-    from training.convert import imagenet_backbone
+    from catdog.training.convert import imagenet_backbone
 
     backbone = imagenet_backbone((size, size, 3), pooling=None)
     cut = backbone.get_layer(CUT_LAYER)
@@ -223,8 +223,8 @@ def train(
     """Train on `data_dir`, save `out` (``.keras``) with its ``.json``; return the metadata."""
     import keras
 
-    from training.convert import cache_dir
-    from training.model import make_model, save_model
+    from catdog.training.convert import cache_dir
+    from catdog.training.model import make_model, save_model
 
     started = time.perf_counter()
     keras.utils.set_random_seed(seed)
@@ -314,7 +314,7 @@ def train(
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: train (default) or measure inference speed per input size."""
     parser = argparse.ArgumentParser(
-        prog="python -m training.transfer",
+        prog="python -m catdog.training.transfer",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

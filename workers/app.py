@@ -31,7 +31,7 @@ def make_celery(settings: Settings) -> Celery:
         "catdog",
         broker=broker,
         backend=_backend_for(broker),
-        include=["workers.tasks", "training.tasks"],
+        include=["catdog.workers.tasks", "catdog.training.tasks"],
     )
     app.conf.update(
         # Never pickle: a message is data, not code.

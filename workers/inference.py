@@ -18,12 +18,12 @@ from celery.signals import worker_ready
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from catdog.db.engine import engine_for, session_factory
+from catdog.db.queries import Outcome, image_locations, save_outcomes
 from catdog.settings import Settings
-from db.engine import engine_for, session_factory
-from db.queries import Outcome, image_locations, save_outcomes
-from training import registry
-from workers.decode import Decoded, ImageError, load, resolve_inside
-from workers.model import LoadedModel, load_model
+from catdog.training import registry
+from catdog.workers.decode import Decoded, ImageError, load, resolve_inside
+from catdog.workers.model import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ def _load_model_at_start(**_: object) -> None:
     """Load the model when an inference worker starts, not on its first batch (arq's startup)."""
     if "inference" not in os.environ.get("CATDOG_WORKER_QUEUES", "inference"):
         return
-    from workers.tasks import context
+    from catdog.workers.tasks import context
 
     ctx = context()
     try:

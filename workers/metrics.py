@@ -22,8 +22,8 @@ import redis
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from db.models import ScanRun
-from workers.app import INFERENCE_QUEUE, TRAINING_QUEUE
+from catdog.db.models import ScanRun
+from catdog.workers.app import INFERENCE_QUEUE, TRAINING_QUEUE
 
 log = logging.getLogger(__name__)
 

@@ -113,7 +113,7 @@ def load_model(
         version_id, version, str(file), classes, input_size, model, batch, threading.Lock()
     )
     if runtime == "tflite" or (runtime == "auto" and not n_gpus):
-        from workers.runtime import tflite_runner
+        from catdog.workers.runtime import tflite_runner
 
         runner = tflite_runner(file, model, input_size)
         if runner is not None:

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from redis import Redis, RedisError
 from sqlalchemy import select
 
-from db.models import ScanRun
-from db.queries import Outcome, image_locations, save_outcomes
-from training import registry
-from workers.inference import InferenceContext
+from catdog.db.models import ScanRun
+from catdog.db.queries import Outcome, image_locations, save_outcomes
+from catdog.training import registry
+from catdog.workers.inference import InferenceContext
 
 log = logging.getLogger(__name__)
 

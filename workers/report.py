@@ -20,7 +20,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from db.queries import latest_predictions
+from catdog.db.queries import latest_predictions
 
 #: Bins of the confidence histogram over [0, 1].
 HIST_BINS = 50

@@ -19,11 +19,11 @@ from celery.signals import task_received, worker_ready, worker_shutdown
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from catdog.settings import get_settings
-from workers.app import app, broker_redis
-from workers.inference import InferenceContext, classify_batch
-from workers.lease import Lease
-from workers.metrics import observe_batch
-from workers.poison import StartCounter, record_failures
+from catdog.workers.app import app, broker_redis
+from catdog.workers.inference import InferenceContext, classify_batch
+from catdog.workers.lease import Lease
+from catdog.workers.metrics import observe_batch
+from catdog.workers.poison import StartCounter, record_failures
 
 log = logging.getLogger(__name__)
 
