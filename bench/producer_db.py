@@ -24,8 +24,8 @@ from catdog.db.migrate import upgrade  # noqa: E402
 from catdog.db.models import ModelVersion, ScanRun  # noqa: E402
 from catdog.db.queries import Outcome, save_outcomes  # noqa: E402
 from catdog.producer.scan import scan  # noqa: E402
-from catdog.producer.stores import LocalStore  # noqa: E402
 from catdog.settings import Settings  # noqa: E402
+from catdog.stores import LocalStore  # noqa: E402
 
 
 def make_tree(root: Path, n: int) -> None:

@@ -60,9 +60,9 @@ SHIFTS: dict[str, tuple[Shift, int]] = {
 
 
 def main() -> None:
+    from catdog.db.registry import read_metadata
+    from catdog.images import decode
     from catdog.training.datasets import discover, split
-    from catdog.training.registry import read_metadata
-    from catdog.workers.decode import decode
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=SHARED)

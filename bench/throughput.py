@@ -40,7 +40,7 @@ def resolve_model(arg: str | None) -> Path:
 
 
 def load(model_file: Path):  # type: ignore[no-untyped-def]
-    from catdog.training.registry import read_metadata
+    from catdog.db.registry import read_metadata
     from catdog.workers.model import load_model
 
     meta = read_metadata(model_file)
@@ -49,7 +49,7 @@ def load(model_file: Path):  # type: ignore[no-untyped-def]
 
 def ceiling(files: list[Path], model_file: Path, threads: int) -> dict[str, float]:
     """Read + decode (parallel, reduced-size JPEG decode) overlapped with batched predict."""
-    from catdog.workers.decode import load as decode_file
+    from catdog.images import load as decode_file
 
     m = load(model_file)
     m.predict(np.zeros((m.predict_batch, *m.input_size, 3), np.uint8))  # trace + warm up
@@ -66,7 +66,7 @@ def ceiling(files: list[Path], model_file: Path, threads: int) -> dict[str, floa
 
 def model_only(files: list[Path], model_file: Path) -> dict[str, float]:
     """Predict on pre-decoded arrays: the model's own speed."""
-    from catdog.workers.decode import load as decode_file
+    from catdog.images import load as decode_file
 
     m = load(model_file)
     arrays = np.stack([decode_file(f, m.input_size, 10**9, 10**9).pixels for f in files])
@@ -80,7 +80,7 @@ def model_only(files: list[Path], model_file: Path) -> dict[str, float]:
 
 def decode_only(files: list[Path], size: tuple[int, int], threads: int) -> dict[str, float]:
     """Read + decode + resize alone, on the decode threads."""
-    from catdog.workers.decode import load as decode_file
+    from catdog.images import load as decode_file
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
@@ -255,7 +255,7 @@ def main() -> None:
     warm = make_corpus(args.corpus / "warm", 16, seed=1, sizes=[(320, 240)], photos=SHARED)
     files = sorted(corpus.glob("*.jpg"))
     want = set(args.only or ["ceiling", "model_only", "decode", "embedded", "cluster", "naive"])
-    from catdog.training.registry import read_metadata
+    from catdog.db.registry import read_metadata
 
     size = tuple(read_metadata(model_file)["input_size"])
     results: dict[str, dict[str, float]] = {}

@@ -14,18 +14,10 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from catdog.db.models import Image, ModelVersion, Prediction, ScanRun, utcnow
+from catdog.stores import FileEntry
 
 #: Parameters per IN (...) list; well under SQLite's 32,766 variable limit.
 IN_CHUNK = 5000
-
-
-@dataclass(frozen=True, slots=True)
-class FileEntry:
-    """A file found by the producer, relative to its store root."""
-
-    path: str
-    size: int
-    mtime: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ import time
 
 from celery import Celery
 
-from catdog.workers.app import INFERENCE_QUEUE
+from catdog.broker import CLASSIFY_TASK, INFERENCE_QUEUE, queue_depth
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ class BrokerQueue:
     def send(self, run_id: int, image_ids: list[int]) -> None:
         """Queue one batch task; Flower shows run, size and store instead of the id list."""
         self.app.send_task(
-            "catdog.classify_batch",
+            CLASSIFY_TASK,
             args=[run_id, image_ids],
             queue=INFERENCE_QUEUE,
             argsrepr=f"run={run_id} images={len(image_ids)} store={self.store_label}",
@@ -39,12 +39,10 @@ class BrokerQueue:
 
         Waits out a broker restart: the connection can drop between connecting and asking.
         """
+        errors = self.app.connection_for_write().connection_errors
         while True:
-            with self.app.connection_for_write() as conn:
-                errors = conn.connection_errors + conn.channel_errors
-                try:
-                    conn.ensure_connection(max_retries=None, interval_start=0.5, interval_max=5)
-                    return int(conn.default_channel.client.llen(INFERENCE_QUEUE))
-                except errors as exc:
-                    log.warning("broker unavailable (%s); retrying", type(exc).__name__)
+            try:
+                return queue_depth(self.app, INFERENCE_QUEUE)
+            except errors as exc:
+                log.warning("broker unavailable (%s); retrying", type(exc).__name__)
             time.sleep(RECONNECT_PAUSE_S)

@@ -11,11 +11,11 @@ from itertools import islice
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from catdog.db import registry
 from catdog.db.models import ScanRun, utcnow
-from catdog.db.queries import FileEntry, finish_run_if_complete, register_images
-from catdog.producer.stores import Store
+from catdog.db.queries import finish_run_if_complete, register_images
 from catdog.settings import Settings
-from catdog.training import registry
+from catdog.stores import FileEntry, Store
 
 log = logging.getLogger(__name__)
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 from sqlalchemy import Engine, func, select
 
+from catdog.broker import make_celery
 from catdog.db.engine import make_engine, session_factory
 from catdog.db.models import Prediction, ScanRun
 from catdog.producer.queue import BrokerQueue
 from catdog.producer.scan import ScanSummary, scan
-from catdog.producer.stores import LocalStore
 from catdog.settings import Settings
-from catdog.workers.app import make_celery
+from catdog.stores import LocalStore
 
 
 def settings_for(env: dict[str, str], **overrides: object) -> Settings:

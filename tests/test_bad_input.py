@@ -20,11 +20,11 @@ from sqlalchemy import select
 from catdog.db.migrate import upgrade
 from catdog.db.models import Image as ImageRow
 from catdog.db.models import Prediction
-from catdog.db.queries import FileEntry, register_images
+from catdog.db.queries import register_images
+from catdog.images import load
 from catdog.producer.scan import scan
-from catdog.producer.stores import LocalStore
 from catdog.settings import Settings
-from catdog.workers.decode import load
+from catdog.stores import FileEntry, LocalStore
 from catdog.workers.inference import InferenceContext, classify_batch
 from conftest import make_image
 
@@ -180,7 +180,7 @@ def test_the_upright_picture_is_what_gets_labeled_and_measured(tmp_path: Path):
 def test_a_decompression_bomb_is_refused_without_allocating_its_pixels(tmp_path: Path):
     """A 3.6-gigapixel header is refused from the header alone: memory stays small."""
     (tmp_path / "bomb.png").write_bytes(_png_bomb(60_000, 60_000))
-    from catdog.workers.decode import ImageError
+    from catdog.images import ImageError
 
     tracemalloc.start()
     with pytest.raises(ImageError, match="decompression bomb"):
@@ -214,7 +214,7 @@ def test_files_deleted_or_escaping_after_the_scan_fail_with_a_reason(ctx, tmp_pa
 
 
 def _version(ctx: InferenceContext) -> int:
-    from catdog.training.registry import current_version
+    from catdog.db.registry import current_version
 
     with ctx.sessions.begin() as s:
         return current_version(s, ctx.settings).id

@@ -124,7 +124,7 @@ def test_classify_without_any_model_explains_how_to_get_one(
     runner, photo_dir, monkeypatch, tmp_path
 ):
     """With no bundled model and none registered, the message names the way out."""
-    monkeypatch.setattr("catdog.training.registry.BUNDLED_MODEL", tmp_path / "absent.keras")
+    monkeypatch.setattr("catdog.db.registry.BUNDLED_MODEL", tmp_path / "absent.keras")
     result = runner.invoke(main, ["classify", str(photo_dir)])
     assert result.exit_code == 2 and "catdog train" in result.stderr
 

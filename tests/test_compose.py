@@ -144,7 +144,7 @@ def test_flower_requires_basic_auth_and_keeps_its_state(
     services: dict[str, dict[str, Any]], tmp_path: Path
 ) -> None:
     """Flower gets a required login from the environment and a state file on a volume."""
-    from catdog.cli_ops import flower_argv
+    from catdog.cli.ops import flower_argv
 
     flower = services["flower"]
     assert flower["environment"]["CATDOG_FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
@@ -164,7 +164,7 @@ def test_flower_requires_basic_auth_and_keeps_its_state(
 @pytest.mark.parametrize("auth", [None, "admin:change-me", "ops:s3cret,admin:"])
 def test_flower_refuses_an_open_or_placeholder_login_off_loopback(auth: str | None) -> None:
     """On a public address Flower needs real passwords; on loopback it may run without."""
-    from catdog.cli_ops import flower_argv
+    from catdog.cli.ops import flower_argv
 
     secret = None if auth is None else SecretStr(auth)
     settings = Settings(_env_file=None, flower_basic_auth=secret)  # type: ignore[call-arg]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from catdog.workers.decode import ImageError, decode, load, resolve_inside
+from catdog.images import ImageError, decode, load, resolve_inside
 
 LIMITS = {"max_pixels": 50_000_000, "max_bytes": 10_000_000}
 

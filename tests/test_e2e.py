@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
 from catdog.db.models import Prediction, ScanRun
-from catdog.workers.metrics import metrics_text
+from catdog.ops.exporter import metrics_text
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 

@@ -92,8 +92,8 @@ def test_a_redis_restart_during_a_scan_loses_nothing(
 def test_the_producer_waits_out_a_broker_outage(fault_env, own_redis: RedisServer):
     """With Redis down, reading the queue length and sending a batch both wait for it to come
     back instead of failing the scan."""
+    from catdog.broker import make_celery
     from catdog.producer.queue import BrokerQueue
-    from catdog.workers.app import make_celery
 
     app = make_celery(settings_for(fault_env))
     queue = BrokerQueue(app, "store")

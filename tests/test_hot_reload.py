@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, select
 
+from catdog.db import registry
 from catdog.db.engine import make_engine, session_factory
 from catdog.db.models import Image, ModelVersion, Prediction
-from catdog.training import registry
 from conftest import build_tiny_model
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]

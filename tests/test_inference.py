@@ -9,8 +9,8 @@ from sqlalchemy import func, select
 from catdog.db.migrate import upgrade
 from catdog.db.models import Image, Prediction, ScanRun
 from catdog.producer.scan import ScanSummary, scan
-from catdog.producer.stores import LocalStore
 from catdog.settings import Settings
+from catdog.stores import LocalStore
 from catdog.workers.inference import InferenceContext, classify_batch
 
 

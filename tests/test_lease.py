@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from catdog.workers.lease import UNACKED_INDEX_KEY, Lease
+from catdog.broker import UNACKED_INDEX_KEY
+from catdog.workers.lease import Lease
 from conftest import make_image
 from runs import scan_with_broker, wait_for_run
 from services import RedisServer

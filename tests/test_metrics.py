@@ -16,6 +16,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 from catdog.db.models import Base, ScanRun
+from catdog.ops import exporter
 from catdog.workers import metrics
 
 #: A Redis database of these tests' own, so flushing it disturbs no other suite.
@@ -36,7 +37,7 @@ def broker() -> Iterator[str]:
     yield url
     client.flushdb()
     client.close()
-    metrics.redis_client.cache_clear()
+    exporter.redis_client.cache_clear()
 
 
 @pytest.fixture
@@ -70,7 +71,7 @@ def sample(text: str, name: str, **labels: str) -> float:
 
 def test_run_counters_and_pending_images_come_from_scan_runs(session: Session) -> None:
     """Labeled, failed and pending images are reported per run and in total."""
-    text = metrics.metrics_text(session, None)
+    text = exporter.metrics_text(session, None)
     assert sample(text, "catdog_images_labeled_total") == 49
     assert sample(text, "catdog_images_failed_total") == 3
     assert sample(text, "catdog_images_pending") == 58 + 5
@@ -84,10 +85,10 @@ def test_queue_depth_counts_waiting_and_prioritised_messages(session: Session, b
     """Queue depth is the length of the queue's Redis lists, priority lists included."""
     client = redis.Redis.from_url(broker)
     client.rpush("inference", "m1", "m2", "m3")
-    client.rpush(f"inference{metrics.PRIORITY_SEP}6", "m4")
+    client.rpush(f"inference{exporter.PRIORITY_SEP}6", "m4")
     client.rpush("training", "t1")
-    client.hset(metrics.UNACKED_KEY, "tag1", "m0")
-    text = metrics.metrics_text(session, broker)
+    client.hset(exporter.UNACKED_KEY, "tag1", "m0")
+    text = exporter.metrics_text(session, broker)
     assert sample(text, "catdog_broker_up") == 1
     assert sample(text, "catdog_queue_depth", queue="inference") == 4
     assert sample(text, "catdog_queue_depth", queue="training") == 1
@@ -102,7 +103,7 @@ def test_observed_batches_add_up_per_worker_with_an_expiry(
     metrics.observe_batch(200, 4.0, worker="catdog-inference@gpu0")
     metrics.observe_batch(100, 1.0, worker="catdog-inference@gpu0")
     metrics.observe_batch(50, 5.0, worker="catdog-inference@gpu1")
-    text = metrics.metrics_text(session, broker)
+    text = exporter.metrics_text(session, broker)
     gpu0 = {"worker": "catdog-inference@gpu0"}
     assert sample(text, "catdog_worker_batches_total", **gpu0) == 2
     assert sample(text, "catdog_worker_images_total", **gpu0) == 300
@@ -121,23 +122,23 @@ def test_an_unreachable_broker_is_reported_not_raised(
     monkeypatch.delenv("CATDOG_BROKER_URL", raising=False)
     env()
     metrics.observe_batch(1, 1.0, worker="nobody")  # embedded: a silent no-op
-    text = metrics.metrics_text(session, "redis://127.0.0.1:1/0")
+    text = exporter.metrics_text(session, "redis://127.0.0.1:1/0")
     assert sample(text, "catdog_broker_up") == 0
     assert sample(text, "catdog_images_labeled_total") == 49
-    metrics.redis_client.cache_clear()
+    exporter.redis_client.cache_clear()
 
 
 def test_every_sample_line_is_valid_exposition_format(session: Session, broker: str) -> None:
     """Every line is a HELP or TYPE comment or a ``name{labels} value`` sample."""
     metrics.record_batch(redis.Redis.from_url(broker), "w@h", 3, 0.5)
     sample_line = re.compile(r'^[a-z_]+(\{([a-z_]+="([^"\\]|\\.)*",?)+\})? [-+0-9.eInfa]+$')
-    for line in metrics.metrics_text(session, broker).splitlines():
+    for line in exporter.metrics_text(session, broker).splitlines():
         assert line.startswith(("# HELP ", "# TYPE ")) or sample_line.match(line), line
 
 
 def test_the_http_endpoint_serves_metrics_and_nothing_else() -> None:
     """``GET /metrics`` answers the exposition with Prometheus' content type; other paths 404."""
-    server = metrics.make_server("127.0.0.1", 0, lambda: "catdog_up 1\n")
+    server = exporter.make_server("127.0.0.1", 0, lambda: "catdog_up 1\n")
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{server.server_address[1]}"

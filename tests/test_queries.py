@@ -9,7 +9,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from catdog.db.engine import make_engine, session_factory
 from catdog.db.migrate import upgrade
 from catdog.db.models import ModelVersion, Prediction, ScanRun
-from catdog.db.queries import FileEntry, Outcome, register_images, save_outcomes
+from catdog.db.queries import Outcome, register_images, save_outcomes
+from catdog.stores import FileEntry
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

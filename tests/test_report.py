@@ -58,7 +58,7 @@ def test_summary_counts_labels_failures_and_orders_doubtful_images_first(
     results_db: tuple[str, Path],
 ) -> None:
     """The summary counts each label and failure kind and lists the least confident first."""
-    from catdog.workers.report import summarize
+    from catdog.ops.report import summarize
 
     url, store = results_db
     engine = create_engine(url)
@@ -98,7 +98,7 @@ def test_thumbnails_outside_the_store_roots_are_not_opened(
     image_factory: Callable[..., Path], tmp_path: Path
 ) -> None:
     """A database row pointing outside the store roots gets no thumbnail."""
-    from catdog.workers.report import thumbnail
+    from catdog.ops.report import thumbnail
 
     photo = image_factory("elsewhere/x.jpg")
     assert thumbnail(photo) is not None

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from kombu import Connection
 
+from catdog.broker import make_celery
 from catdog.settings import SecretFileError, Settings
-from catdog.workers.app import make_celery
 from conftest import make_image
 from runs import scan_held, wait_for_run
 from services import RedisServer
@@ -115,8 +115,9 @@ def test_a_batch_naming_images_outside_the_store_roots_reads_none_of_them(
     by store or by ``..``, and labels the rest."""
     from catdog.db.engine import engine_for, session_factory
     from catdog.db.migrate import upgrade
-    from catdog.db.queries import FileEntry, register_images
-    from catdog.training.registry import current_version
+    from catdog.db.queries import register_images
+    from catdog.db.registry import current_version
+    from catdog.stores import FileEntry
     from catdog.workers import tasks
 
     allowed, secret = tmp_path / "allowed", tmp_path / "private"

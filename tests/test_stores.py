@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from catdog.producer.stores import LocalStore
+from catdog.stores import LocalStore
 
 
 def test_walk_finds_images_recursively_and_ignores_other_files(tmp_path: Path):

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
+from catdog.db import registry
 from catdog.db.engine import engine_for, session_factory
 from catdog.db.models import ModelVersion, TrainingRun
 from catdog.settings import Settings
-from catdog.training import registry
 from catdog.training.datasets import DatasetError
 from catdog.training.train import train
 from training_data import make_dataset

@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from catdog.db.registry import read_metadata
 from catdog.training import datasets
 from catdog.training.evaluate import compute_metrics, load_model, predict
-from catdog.training.registry import read_metadata
 from catdog.training.report import write_training_report
 
 

@@ -177,7 +177,7 @@ def evaluate_on(
     Labels are matched to the model's classes by name, so models with another class order
     are scored on the same images; images of classes the model lacks are left out.
     """
-    from catdog.training.registry import read_metadata
+    from catdog.db.registry import read_metadata
 
     meta = read_metadata(Path(model_file))
     classes = list(meta["classes"])
@@ -207,7 +207,7 @@ def evaluate(
     batch_size: int = EVAL_BATCH_SIZE,
 ) -> dict[str, Any]:
     """Metrics of the model in ``model_file`` on every labeled image under ``data_dir``."""
-    from catdog.training.registry import read_metadata
+    from catdog.db.registry import read_metadata
 
     classes = read_metadata(Path(model_file))["classes"]
     images = discover(data_dir, classes=classes)

@@ -11,12 +11,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from celery import shared_task
+
+from catdog.broker import TRAIN_TASK
+from catdog.db import registry
 from catdog.db.engine import engine_for, session_factory
 from catdog.db.migrate import upgrade
 from catdog.db.models import TrainingRun
 from catdog.settings import Settings, get_settings
-from catdog.training import registry
-from catdog.workers.app import app
 
 #: Metrics copied into the task result and the ``--wait`` summary.
 SUMMARY_KEYS = ("accuracy", "roc_auc", "log_loss", "f1", "ece", "n")
@@ -178,7 +180,7 @@ def run_training(
 
 # A training job runs far longer than the broker's visibility timeout: acknowledged on
 # receipt, so Redis does not hand the same job to the worker again while it still runs.
-@app.task(bind=True, name="catdog.train", acks_late=False, reject_on_worker_lost=False)
+@shared_task(bind=True, name=TRAIN_TASK, acks_late=False, reject_on_worker_lost=False)
 def train_task(
     self: Any,
     data_dir: str | None = None,

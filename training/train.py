@@ -5,24 +5,21 @@
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
 from rich.console import Console
 
 from catdog.training import datasets
+from catdog.training.artifacts import TrainResult, finish_run
 from catdog.training.evaluate import HEADLINE_METRICS, compute_metrics, predict
 from catdog.training.model import ARCHS, DEFAULT_INPUT_SIZE, SCRATCH_WIDTHS, make_model, save_model
 from catdog.training.progress import EpochProgress, ProgressFn
-from catdog.training.report import write_training_report
 
 #: Epochs when the caller gives none; early stopping usually ends scratch runs sooner.
 DEFAULT_EPOCHS = {"tiny": 2, "scratch": 16, "lite0": 8}
@@ -46,22 +43,6 @@ FINE_TUNE_LR_FACTOR = 0.1
 #: Learning rate of a run that continues from a trained model, relative to a fresh run's:
 #: small steps adapt it to new data without unlearning what it knew.
 CONTINUE_LR_FACTOR = 0.1
-
-
-@dataclass
-class TrainResult:
-    """What a training run produced: files, validation metrics, history and timing."""
-
-    out_dir: Path
-    model_file: Path
-    metadata: dict[str, Any]
-    metrics: dict[str, Any]
-    history: dict[str, list[float]]
-    training_seconds: float
-    report: Path | None = None
-    validation_files: list[str] = field(default_factory=list)
-    #: The share held out by the seeded split (the training task re-creates that split).
-    validation_fraction: float = datasets.VALIDATION_FRACTION
 
 
 def _optimizer(learning_rate: float, epochs: int, steps: int) -> keras.optimizers.Optimizer:
@@ -172,49 +153,9 @@ def _fit_phases(
     return history
 
 
-def finish_run(
-    out: Path,
-    history: dict[str, list[float]],
-    validation: tuple[np.ndarray, np.ndarray, list[str]],
-    metrics: dict[str, Any],
-    training_seconds: float,
-    validation_fraction: float,
-    title: str,
-    report: bool = True,
-) -> TrainResult:
-    """Write history, validation metrics and predictions and the report beside the saved
-    ``model.keras``; ``validation`` is ``(y_true, probs, files)``.
-    """
-    y_val, probs, files = validation
-    (out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
-    (out / "validation_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    # Kept so the report can be redrawn without predicting again.
-    np.savez_compressed(
-        out / "validation_predictions.npz", y_true=y_val, probs=probs, files=np.array(files)
-    )
-    model_file = out / "model.keras"
-    metadata = json.loads(model_file.with_suffix(".json").read_text())
-    page = None
-    if report:
-        page = write_training_report(
-            out, history, np.asarray(y_val), probs, metadata["classes"], files, metrics, title=title
-        )
-    return TrainResult(
-        out,
-        model_file,
-        metadata,
-        metrics,
-        history,
-        training_seconds,
-        page,
-        list(files),
-        validation_fraction,
-    )
-
-
 def _check_same_classes(model_file: Path, classes: list[str]) -> None:
     """A model continues only on data with its own classes, in its own order."""
-    from catdog.training.registry import read_metadata
+    from catdog.db.registry import read_metadata
 
     known = [str(c) for c in read_metadata(model_file).get("classes", [])]
     if known != classes:

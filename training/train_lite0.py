@@ -3,8 +3,8 @@
 Fine-tuning Lite0 end to end on a CPU costs a full backbone pass per image and epoch;
 ``training.transfer`` runs the frozen backbone once and trains the top blocks on its cache.
 This module adapts it to :func:`training.train.train`'s outputs (history, validation
-metrics, report, :class:`~training.train.TrainResult`). Where ``training.transfer`` is not
-installed, ``train`` falls back to its generic two-phase loop.
+metrics, report, :class:`~catdog.training.artifacts.TrainResult`). Where
+``training.transfer`` is not installed, ``train`` falls back to its generic two-phase loop.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from catdog.db.registry import read_metadata
 from catdog.training import datasets
+from catdog.training.artifacts import finish_run
 from catdog.training.evaluate import compute_metrics, load_model, predict
 from catdog.training.progress import ProgressFn
-from catdog.training.registry import read_metadata
 
 
 def _history(rows: list[dict[str, float]]) -> dict[str, list[float]]:
@@ -46,8 +47,6 @@ def train_cached_lite0(
     trainer = getattr(transfer, "train", None)
     if trainer is None:
         return None
-    from catdog.training.train import finish_run
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {"seed": seed}

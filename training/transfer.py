@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 from rich.progress import track
 
+from catdog.images import ImageError, decode
 from catdog.training import datasets
 from catdog.training.evaluate import compute_metrics, evaluate_on
-from catdog.workers.decode import ImageError, decode
 
 #: The backbone is cut after this block: what follows (block7a, top) is trained on the cache.
 CUT_LAYER = "block6d_add"

@@ -18,11 +18,11 @@ from celery.signals import worker_ready
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from catdog.db import registry
 from catdog.db.engine import engine_for, session_factory
 from catdog.db.queries import Outcome, image_locations, save_outcomes
+from catdog.images import Decoded, ImageError, load, resolve_inside
 from catdog.settings import Settings
-from catdog.training import registry
-from catdog.workers.decode import Decoded, ImageError, load, resolve_inside
 from catdog.workers.model import LoadedModel, load_model
 
 log = logging.getLogger(__name__)

@@ -16,10 +16,9 @@ from types import TracebackType
 
 from redis import Redis, RedisError
 
-log = logging.getLogger(__name__)
+from catdog.broker import UNACKED_INDEX_KEY
 
-#: Kombu's name for the sorted set of unacknowledged deliveries (its ``unacked_index_key``).
-UNACKED_INDEX_KEY = "unacked_index"
+log = logging.getLogger(__name__)
 
 
 class Lease:

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from redis import Redis, RedisError
 from sqlalchemy import select
 
+from catdog.db import registry
 from catdog.db.models import ScanRun
 from catdog.db.queries import Outcome, image_locations, save_outcomes
-from catdog.training import registry
 from catdog.workers.inference import InferenceContext
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,9 @@ from celery.exceptions import Reject
 from celery.signals import task_received, worker_ready, worker_shutdown
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from catdog.broker import CLASSIFY_TASK, redis_client
 from catdog.settings import get_settings
-from catdog.workers.app import app, broker_redis
+from catdog.workers.app import app
 from catdog.workers.inference import InferenceContext, classify_batch
 from catdog.workers.lease import Lease
 from catdog.workers.metrics import observe_batch
@@ -57,7 +58,7 @@ def starts() -> StartCounter:
     """This process's counter of unfinished batch starts (on the broker's Redis)."""
     global _starts
     if _starts is None:
-        _starts = StartCounter(broker_redis(get_settings()))
+        _starts = StartCounter(redis_client(get_settings()))
     return _starts
 
 
@@ -131,7 +132,7 @@ def _is_outage(exc: DBAPIError) -> bool:
     return isinstance(exc, OperationalError) or exc.connection_invalidated
 
 
-@app.task(name="catdog.classify_batch", bind=True, max_retries=None)
+@app.task(name=CLASSIFY_TASK, bind=True, max_retries=None)
 def classify_batch_task(self: Task, run_id: int | None, image_ids: list[int]) -> dict[str, Any]:
     """Label a batch of registered images and store the results."""
     task_id = self.request.id

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from catdog.db.queries import FileEntry
+from catdog.images import IMAGE_EXTENSIONS
 
-#: File name extensions the producer registers (lower case).
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
-)
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """A file found in a store, relative to its root."""
+
+    path: str
+    size: int
+    mtime: float
 
 
 class Store(Protocol):

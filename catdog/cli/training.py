@@ -22,8 +22,8 @@ def _fail(exc: Exception) -> click.ClickException:
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
+    from catdog.db.registry import ModelNotFound
     from catdog.training.datasets import DatasetError
-    from catdog.training.registry import ModelNotFound
 
     return (DatasetError, ModelNotFound, ValueError, FileNotFoundError)
 
@@ -166,8 +166,8 @@ def train(
 
 
 def _default_model() -> Path:
+    from catdog.db import registry
     from catdog.settings import get_settings
-    from catdog.training import registry
 
     with _session() as session:
         return Path(registry.current_version(session, get_settings()).file)
@@ -261,10 +261,11 @@ def retrain(
     wait: bool,
 ) -> None:
     """Queue a training job on the training worker (queue "training")."""
+    from catdog.broker import TRAIN_TASK, TRAINING_QUEUE, make_celery
     from catdog.settings import get_settings
-    from catdog.workers.app import TRAINING_QUEUE, app
 
-    if get_settings().embedded:
+    settings = get_settings()
+    if settings.embedded:
         raise click.ClickException(
             "retrain needs a broker (set CATDOG_BROKER_URL); train locally with `catdog train`"
         )
@@ -276,7 +277,7 @@ def retrain(
         "seed": seed,
         "force": force,
     }
-    result = app.send_task("catdog.train", kwargs=kwargs, queue=TRAINING_QUEUE)
+    result = make_celery(settings).send_task(TRAIN_TASK, kwargs=kwargs, queue=TRAINING_QUEUE)
     click.echo(f"queued training job {result.id}")
     if wait:
         outcome = wait_for(result)
@@ -351,7 +352,7 @@ def list_models() -> None:
 @click.argument("version")
 def promote_model(version: str) -> None:
     """Make VERSION (or a .keras file, registered on the way) the production model."""
-    from catdog.training import registry
+    from catdog.db import registry
 
     with _session() as session:
         try:

@@ -1,4 +1,8 @@
-"""Read an image file once (hash + decode) into a model-sized RGB array, or say why not."""
+"""The one image decoder: read a file once (hash + decode) into a model-sized RGB array.
+
+Scans, workers, ``catdog classify``, training and evaluation all use it, so every path sees
+the same pixels (EXIF orientation applied, alpha on white, JPEGs at reduced size).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,12 @@ Image.MAX_IMAGE_PIXELS = None
 #: Truncated files must fail, not decode silently as grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
+
+#: File name extensions read as images, everywhere: scans, training, evaluation (lower case).
+#: Each is a format PIL decodes in-process (no external program).
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
+)
 
 #: EXIF tag saying how the camera was held.
 EXIF_ORIENTATION = 0x0112

@@ -28,9 +28,9 @@ def main(verbose: int) -> None:
 
 
 def _register() -> None:
-    from catdog import cli_ops, cli_pipeline, cli_training
+    from catdog.cli import ops, pipeline, training
 
-    for module in (cli_pipeline, cli_training, cli_ops):
+    for module in (pipeline, training, ops):
         module.register(main)
 
 

@@ -85,10 +85,10 @@ def flower(port: int, address: str) -> None:
     if settings.embedded:
         raise click.ClickException("Flower watches a broker: set CATDOG_BROKER_URL")
     argv = flower_argv(settings, port, address)
-    from catdog.workers.app import app
+    from catdog.broker import make_celery
 
     # In-process rather than exec: the password never shows in the process list.
-    app.start(argv)
+    make_celery(settings).start(argv)
 
 
 @click.command()
@@ -97,7 +97,7 @@ def flower(port: int, address: str) -> None:
 def metrics(port: int | None, address: str) -> None:
     """Serve catdog's Prometheus metrics at /metrics (runs, queues, worker throughput)."""
     from catdog.db.engine import engine_for, session_factory
-    from catdog.workers.metrics import DEFAULT_PORT, make_server, metrics_text
+    from catdog.ops.exporter import DEFAULT_PORT, make_server, metrics_text
 
     settings = get_settings()
     sessions = session_factory(engine_for(settings.database()))
@@ -128,7 +128,7 @@ def metrics(port: int | None, address: str) -> None:
 def report(out_dir: Path) -> None:
     """Write an HTML results report: counts, confidence histogram, doubtful images, failures."""
     from catdog.db.engine import engine_for, session_factory
-    from catdog.workers.report import write_report
+    from catdog.ops.report import write_report
 
     settings = get_settings()
     with session_factory(engine_for(settings.database()))() as session:

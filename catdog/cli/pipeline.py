@@ -37,10 +37,10 @@ def classify(
     """Label images under PATHS in this process and print one row per image."""
     from rich.progress import Progress
 
-    from catdog.output import rows_for, write_rows
+    from catdog.db.registry import ModelNotFound, current_version
+    from catdog.ops.output import rows_for, write_rows
     from catdog.producer.scan import scan
-    from catdog.producer.stores import LocalStore
-    from catdog.training.registry import ModelNotFound, current_version
+    from catdog.stores import LocalStore
     from catdog.workers.inference import InferenceContext, StartedBatch, finish_batch, start_batch
 
     missing = [str(p) for p in paths if not p.exists()]
@@ -98,10 +98,10 @@ def scan_cmd(root: Path, wait: bool, relabel: bool, retry_failed: bool) -> None:
     """Register images under ROOT and queue batches for the workers."""
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
+    from catdog.broker import make_celery
     from catdog.producer.queue import BrokerQueue
     from catdog.producer.scan import scan
-    from catdog.producer.stores import LocalStore
-    from catdog.workers.app import make_celery
+    from catdog.stores import LocalStore
 
     settings = get_settings()
     if settings.embedded:
@@ -126,7 +126,7 @@ def scan_cmd(root: Path, wait: bool, relabel: bool, retry_failed: bool) -> None:
         f"{summary.skipped} already labeled"
     )
     if wait:
-        from catdog.status import wait_for_run
+        from catdog.ops.status import wait_for_run
 
         ok = wait_for_run(sessions, summary.run_id)
         sys.exit(0 if ok else 1)
@@ -197,7 +197,7 @@ def worker(
 @click.option("--limit", default=10, show_default=True, help="Runs to show.")
 def status(run_id: int | None, watch: bool, limit: int) -> None:
     """Progress of scan runs: done, failed, pending, rate and ETA."""
-    from catdog.status import show_status, wait_for_run
+    from catdog.ops.status import show_status, wait_for_run
 
     _, sessions = _database(get_settings())
     if watch and run_id is not None:
@@ -216,7 +216,7 @@ def status(run_id: int | None, watch: bool, limit: int) -> None:
 )
 def export(fmt: str, out: Path | None, details: bool) -> None:
     """Latest result per image, failures included (same columns as classify)."""
-    from catdog.output import all_rows, write_rows
+    from catdog.ops.output import all_rows, write_rows
 
     _, sessions = _database(get_settings())
     with sessions() as session:

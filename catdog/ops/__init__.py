@@ -1,0 +1,1 @@
+"""Operator views: status, export rows, the HTML results report, the metrics exporter."""
