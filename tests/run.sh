@@ -6,12 +6,9 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-# torch only reads the ImageNet weights file for the Lite0 converter test. Pin the CPU build
-# (an unpinned torch pulls a multi-GB CUDA build).
-.venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q "torch==2.13.0" \
-  || .venv/bin/pip install -q torch --index-url https://download.pytorch.org/whl/cpu
-.venv/bin/pip install -q -e ".[dev,convert]"
+.venv/bin/pip install -q -e ".[dev,train]"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy -p catdog
+.venv/bin/lint-imports --no-cache
 .venv/bin/pytest "$@"
