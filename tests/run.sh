@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/pip install -q -e ".[dev,train]"
+# Pinned versions from the lock file (requirements/compile.sh re-resolves it), then catdog.
+.venv/bin/pip install -q -r requirements/dev.lock
+.venv/bin/pip install -q --no-deps -e .
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy -p catdog

@@ -212,7 +212,7 @@ def test_images_run_catdog_as_a_non_root_user_from_a_multi_stage_build() -> None
         users = re.findall(r"^USER (\S+)", text, re.M)
         assert users and users[-1] not in ("root", "0"), dockerfile
         assert 'ENTRYPOINT ["catdog"]' in text, dockerfile
-    assert "[gpu]" in DOCKERFILES[1].read_text()
+    assert "requirements/gpu.lock" in DOCKERFILES[1].read_text()
 
 
 def test_the_build_context_leaves_out_secrets_and_local_state() -> None:
