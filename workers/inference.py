@@ -14,7 +14,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-from celery.signals import worker_ready
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -210,18 +209,3 @@ def classify_batch(
     while the model predicts the current one. Bad files become failed rows with a reason.
     """
     return finish_batch(ctx, start_batch(ctx, run_id, image_ids))
-
-
-@worker_ready.connect
-def _load_model_at_start(**_: object) -> None:
-    """Load the model when an inference worker starts, not on its first batch (arq's startup)."""
-    if "inference" not in os.environ.get("CATDOG_WORKER_QUEUES", "inference"):
-        return
-    from catdog.workers.tasks import context
-
-    ctx = context()
-    try:
-        with ctx.sessions.begin() as session:
-            ctx.current_model(session)
-    except Exception:  # noqa: BLE001 - the first batch will report it again, with context
-        log.exception("could not load the model at start-up")

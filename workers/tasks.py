@@ -8,6 +8,7 @@ for batches that fail every time (:mod:`workers.poison`).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -69,6 +70,19 @@ def _warn_about_open_roots(**_: Any) -> None:
             "CATDOG_STORE_ROOTS is not set: this worker reads any folder a scan registered; "
             "set it to the image stores to confine reads"
         )
+
+
+@worker_ready.connect
+def _load_model_at_start(**_: object) -> None:
+    """Load the model when an inference worker starts, not on its first batch (arq's startup)."""
+    if "inference" not in os.environ.get("CATDOG_WORKER_QUEUES", "inference"):
+        return
+    ctx = context()
+    try:
+        with ctx.sessions.begin() as session:
+            ctx.current_model(session)
+    except Exception:  # noqa: BLE001 - the first batch will report it again, with context
+        log.exception("could not load the model at start-up")
 
 
 @task_received.connect
