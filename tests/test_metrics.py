@@ -5,18 +5,31 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import redis
 from sqlalchemy import create_engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from catdog.broker import (
+    CLASSIFY_TASK,
+    INFERENCE_QUEUE,
+    TRAIN_TASK,
+    TRAINING_QUEUE,
+    UNACKED_KEY,
+    make_celery,
+)
 from catdog.db.models import Base, ScanRun
 from catdog.ops import exporter
+from catdog.settings import Settings
 from catdog.workers import metrics
 
 #: A Redis database of these tests' own, so flushing it disturbs no other suite.
@@ -37,7 +50,6 @@ def broker() -> Iterator[str]:
     yield url
     client.flushdb()
     client.close()
-    exporter.redis_client.cache_clear()
 
 
 @pytest.fixture
@@ -59,19 +71,24 @@ def session(sqlite_url: str) -> Iterator[Session]:
     engine.dispose()
 
 
+#: One sample line: name, optional ``{labels}``, value.
+SAMPLE_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
+#: One ``key="value"`` pair inside the braces (values escape ``\``, ``"`` and newlines).
+LABEL_PAIR = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
 def sample(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in an exposition, found by name and exact labels."""
-    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    head = f"{name}{{{wanted}}}" if labels else name
+    """The value of one sample in an exposition, found by name and exact labels (any order)."""
     for line in text.splitlines():
-        if line.startswith(head + " "):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no sample {head} in:\n{text}")
+        match = SAMPLE_LINE.match(line)
+        if match and match[1] == name and dict(LABEL_PAIR.findall(match[2] or "")) == labels:
+            return float(match[3])
+    raise AssertionError(f"no sample {name}{labels or ''} in:\n{text}")
 
 
 def test_run_counters_and_pending_images_come_from_scan_runs(session: Session) -> None:
     """Labeled, failed and pending images are reported per run and in total."""
-    text = exporter.metrics_text(session, None)
+    text = exporter.metrics_text(session)
     assert sample(text, "catdog_images_labeled_total") == 49
     assert sample(text, "catdog_images_failed_total") == 3
     assert sample(text, "catdog_images_pending") == 58 + 5
@@ -82,15 +99,17 @@ def test_run_counters_and_pending_images_come_from_scan_runs(session: Session) -
 
 
 def test_queue_depth_counts_waiting_and_prioritised_messages(session: Session, broker: str) -> None:
-    """Queue depth is the length of the queue's Redis lists, priority lists included."""
+    """Queue depth counts a queue's messages, prioritised ones included (kombu's own count)."""
+    app = make_celery(Settings(broker_url=broker))
+    for priority in (None, None, 6):
+        app.send_task(CLASSIFY_TASK, args=[None, [1]], queue=INFERENCE_QUEUE, priority=priority)
+    app.send_task(TRAIN_TASK, queue=TRAINING_QUEUE)
     client = redis.Redis.from_url(broker)
-    client.rpush("inference", "m1", "m2", "m3")
-    client.rpush(f"inference{exporter.PRIORITY_SEP}6", "m4")
-    client.rpush("training", "t1")
-    client.hset(exporter.UNACKED_KEY, "tag1", "m0")
-    text = exporter.metrics_text(session, broker)
+    assert len(client.keys(INFERENCE_QUEUE + "*")) == 2  # kombu keeps priority 6 apart
+    client.hset(UNACKED_KEY, "tag1", "m0")
+    text = exporter.metrics_text(session, Settings(broker_url=broker))
     assert sample(text, "catdog_broker_up") == 1
-    assert sample(text, "catdog_queue_depth", queue="inference") == 4
+    assert sample(text, "catdog_queue_depth", queue="inference") == 3
     assert sample(text, "catdog_queue_depth", queue="training") == 1
     assert sample(text, "catdog_queue_unacked") == 1
 
@@ -103,7 +122,7 @@ def test_observed_batches_add_up_per_worker_with_an_expiry(
     metrics.observe_batch(200, 4.0, worker="catdog-inference@gpu0")
     metrics.observe_batch(100, 1.0, worker="catdog-inference@gpu0")
     metrics.observe_batch(50, 5.0, worker="catdog-inference@gpu1")
-    text = exporter.metrics_text(session, broker)
+    text = exporter.metrics_text(session, Settings(broker_url=broker))
     gpu0 = {"worker": "catdog-inference@gpu0"}
     assert sample(text, "catdog_worker_batches_total", **gpu0) == 2
     assert sample(text, "catdog_worker_images_total", **gpu0) == 300
@@ -122,33 +141,71 @@ def test_an_unreachable_broker_is_reported_not_raised(
     monkeypatch.delenv("CATDOG_BROKER_URL", raising=False)
     env()
     metrics.observe_batch(1, 1.0, worker="nobody")  # embedded: a silent no-op
-    text = exporter.metrics_text(session, "redis://127.0.0.1:1/0")
+    started = time.monotonic()
+    text = exporter.metrics_text(session, Settings(broker_url="redis://127.0.0.1:1/0"))
+    assert time.monotonic() - started < 3 * exporter.REDIS_TIMEOUT_S
     assert sample(text, "catdog_broker_up") == 0
     assert sample(text, "catdog_images_labeled_total") == 49
-    exporter.redis_client.cache_clear()
+    assert "catdog_queue_depth" not in text
 
 
 def test_every_sample_line_is_valid_exposition_format(session: Session, broker: str) -> None:
     """Every line is a HELP or TYPE comment or a ``name{labels} value`` sample."""
     metrics.record_batch(redis.Redis.from_url(broker), "w@h", 3, 0.5)
     sample_line = re.compile(r'^[a-z_]+(\{([a-z_]+="([^"\\]|\\.)*",?)+\})? [-+0-9.eInfa]+$')
-    for line in exporter.metrics_text(session, broker).splitlines():
+    for line in exporter.metrics_text(session, Settings(broker_url=broker)).splitlines():
         assert line.startswith(("# HELP ", "# TYPE ")) or sample_line.match(line), line
 
 
-def test_the_http_endpoint_serves_metrics_and_nothing_else() -> None:
+def test_the_http_endpoint_serves_metrics_and_nothing_else(session: Session) -> None:
     """``GET /metrics`` answers the exposition with Prometheus' content type; other paths 404."""
-    server = exporter.make_server("127.0.0.1", 0, lambda: "catdog_up 1\n")
+    registry = exporter.make_registry(lambda: nullcontext(session))
+    server = exporter.make_server("127.0.0.1", 0, registry)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
         with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
-            assert response.read() == b"catdog_up 1\n"
             assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            assert sample(response.read().decode(), "catdog_images_labeled_total") == 49
         with pytest.raises(urllib.error.HTTPError) as missing:
             urllib.request.urlopen(f"{base}/other", timeout=5)
         assert missing.value.code == 404
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_failing_scrape_answers_500_and_the_server_keeps_serving(session: Session) -> None:
+    """A database error fails that scrape with a 500; the next scrape is served."""
+    calls = []
+
+    def sessions() -> AbstractContextManager[Session]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("SELECT 1", {}, Exception("database is away"))
+        return nullcontext(session)
+
+    server = exporter.make_server("127.0.0.1", 0, exporter.make_registry(sessions))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+    try:
+        with pytest.raises(urllib.error.HTTPError) as failed:
+            urllib.request.urlopen(url, timeout=5)
+        assert failed.value.code == 500
+        with urllib.request.urlopen(url, timeout=5) as response:
+            assert sample(response.read().decode(), "catdog_images_failed_total") == 3
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_exporter_talks_to_redis_with_the_tls_settings(tmp_path: Path) -> None:
+    """A ``rediss://`` broker with a private CA: the scrape's Redis client trusts that CA."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not read until a connection is made")
+    settings = Settings(broker_url="rediss://broker.invalid:6380/0", redis_ca_file=ca)
+    collector = exporter.CatdogCollector(nullcontext, settings)  # type: ignore[arg-type]
+    assert collector.client is not None
+    assert collector.client.connection_pool.connection_kwargs["ssl_ca_certs"] == str(ca)

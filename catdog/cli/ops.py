@@ -97,17 +97,11 @@ def flower(port: int, address: str) -> None:
 def metrics(port: int | None, address: str) -> None:
     """Serve catdog's Prometheus metrics at /metrics (runs, queues, worker throughput)."""
     from catdog.db.engine import engine_for, session_factory
-    from catdog.ops.exporter import DEFAULT_PORT, make_server, metrics_text
+    from catdog.ops.exporter import DEFAULT_PORT, make_registry, make_server
 
     settings = get_settings()
-    sessions = session_factory(engine_for(settings.database()))
-    broker = settings.broker()
-
-    def render() -> str:
-        with sessions() as session:
-            return metrics_text(session, broker)
-
-    server = make_server(address, DEFAULT_PORT if port is None else port, render)
+    registry = make_registry(session_factory(engine_for(settings.database())), settings)
+    server = make_server(address, DEFAULT_PORT if port is None else port, registry)
     click.echo(f"catdog metrics on http://{address}:{server.server_port}/metrics", err=True)
     try:
         server.serve_forever()

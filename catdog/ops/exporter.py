@@ -2,96 +2,174 @@
 
 Flower's ``/metrics`` already counts task events and task runtimes per worker. This module
 adds the pipeline's view: images labeled, failed and pending per scan run (``scan_runs``),
-queue depth read straight from Redis, and per-worker batch latency and images per second,
-which each worker records in a Redis hash after every batch (``observe_batch``). The text is
-the Prometheus exposition format, written by hand so no client library is needed.
+queue depth and unacknowledged tasks on the broker, and per-worker batch latency and images
+per second, which each worker records in a Redis hash after every batch
+(:func:`catdog.workers.metrics.observe_batch`). ``prometheus_client`` writes the exposition
+and serves it; :class:`CatdogCollector` reads the figures afresh on every scrape.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Callable, Iterable, Mapping
-from functools import lru_cache
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+from wsgiref.simple_server import make_server as wsgi_server
 
 import redis
+from kombu.exceptions import OperationalError
+from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from catdog.broker import INFERENCE_QUEUE, TRAINING_QUEUE, UNACKED_KEY
+from catdog.broker import (
+    INFERENCE_QUEUE,
+    TRAINING_QUEUE,
+    UNACKED_KEY,
+    make_celery,
+    queue_depth,
+    redis_client,
+)
 from catdog.db.models import ScanRun
+from catdog.settings import Settings
 from catdog.workers.metrics import WORKER_KEY_PREFIX
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from celery import Celery
 
 log = logging.getLogger(__name__)
 
 #: Finished runs listed besides the unfinished ones; older runs would only add stale series.
 RECENT_RUNS = 20
-#: kombu's Redis transport keeps prioritised messages in ``<queue>\x06\x16<step>`` lists.
-PRIORITY_SEP = "\x06\x16"
-#: kombu's default priority steps (step 0 is the plain queue name).
-PRIORITY_STEPS = (3, 6, 9)
 #: Seconds to wait for Redis during a scrape; a slow broker must not hang Prometheus.
 REDIS_TIMEOUT_S = 2.0
 #: Default port of ``catdog metrics`` (Flower's is 5555).
 DEFAULT_PORT = 9808
-#: The exposition format's content type.
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: The one path the HTTP server answers.
+METRICS_PATH = "/metrics"
+#: What a scrape catches from the broker: Redis errors, kombu's wrapped connection errors.
+BROKER_ERRORS = (redis.RedisError, OperationalError, OSError)
 
-Labels = Mapping[str, str]
-
-
-class Exposition:
-    """Metric families rendered in the Prometheus text format."""
-
-    def __init__(self) -> None:
-        self._lines: list[str] = []
-
-    def family(
-        self, name: str, kind: str, doc: str, samples: Iterable[tuple[Labels, float]]
-    ) -> None:
-        """Add one family (``kind``: counter or gauge) with its samples."""
-        self._lines.append(f"# HELP {name} {doc}")
-        self._lines.append(f"# TYPE {name} {kind}")
-        for labels, value in samples:
-            self._lines.append(f"{name}{_labels(labels)} {_number(value)}")
-
-    def text(self) -> str:
-        """The whole exposition, newline-terminated."""
-        return "\n".join(self._lines) + "\n"
+Sessions = Callable[[], AbstractContextManager[Session]]
 
 
-def _labels(labels: Labels) -> str:
-    if not labels:
-        return ""
-    escaped = (
-        (k, v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n"))
-        for k, v in labels.items()
-    )
-    return "{" + ",".join(f'{k}="{v}"' for k, v in escaped) + "}"
+class CatdogCollector(Collector):
+    """Scan-run figures from the database and queue and worker figures from the broker.
+
+    Built once per exporter process: the broker's Celery app and Redis client are made here
+    and reused by every scrape; a database session is opened per scrape.
+    """
+
+    def __init__(self, sessions: Sessions, settings: Settings | None = None) -> None:
+        self._sessions = sessions
+        # No Redis broker (embedded mode, or another transport): no broker figures at all.
+        self._broker: tuple[redis.Redis, Celery] | None = None
+        client = None if settings is None else redis_client(settings, REDIS_TIMEOUT_S)
+        if settings is not None and client is not None:
+            self._broker = (client, _scrape_app(settings))
+
+    @property
+    def client(self) -> redis.Redis | None:
+        """The client that reads the broker's Redis (None without a Redis broker)."""
+        return None if self._broker is None else self._broker[0]
+
+    def collect(self) -> Iterator[Metric]:
+        """Every family, read now (the registry calls this on each scrape)."""
+        with self._sessions() as session:
+            yield from run_families(session)
+        if self._broker is not None:
+            yield from broker_families(*self._broker)
 
 
-def _number(value: float) -> str:
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value))
+def _scrape_app(settings: Settings) -> Celery:
+    """The broker's app, failing fast: one connection attempt within the scrape timeout."""
+    app = make_celery(settings)
+    app.conf.broker_connection_timeout = REDIS_TIMEOUT_S
+    app.conf.broker_transport_options = {
+        **app.conf.broker_transport_options,
+        "max_retries": 0,
+        "socket_timeout": REDIS_TIMEOUT_S,
+        "socket_connect_timeout": REDIS_TIMEOUT_S,
+    }
+    return app
 
 
-def metrics_text(session: Session, broker_url: str | None) -> str:
-    """Scan-run progress, queue depth and worker throughput as Prometheus text."""
-    out = Exposition()
-    _run_metrics(out, session)
-    client = redis_client(broker_url) if _is_redis(broker_url) else None
-    if client is not None:
-        _broker_metrics(out, client)
-    return out.text()
+def make_registry(sessions: Sessions, settings: Settings | None = None) -> CollectorRegistry:
+    """A registry of its own (not the global one) holding only catdog's collector."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(CatdogCollector(sessions, settings))
+    return registry
 
 
-def _run_metrics(out: Exposition, session: Session) -> None:
+def metrics_text(session: Session, settings: Settings | None = None) -> str:
+    """The exposition of one scrape over ``session``; no broker figures without ``settings``."""
+    registry = make_registry(lambda: nullcontext(session), settings)
+    return generate_latest(registry).decode()
+
+
+def _gauge(name: str, doc: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=list(labels))
+
+
+def _counter(name: str, doc: str, labels: Iterable[str] = ()) -> CounterMetricFamily:
+    # The family strips a trailing _total from `name` and adds it back to the sample.
+    return CounterMetricFamily(name, doc, labels=list(labels))
+
+
+#: Gauges per scan run (labels ``run``, ``root``): name, help, value of (run, pending images).
+PER_RUN: tuple[tuple[str, str, Callable[[ScanRun, int], float]], ...] = (
+    ("catdog_run_images", "Images a scan run queued for labeling.", lambda r, _: r.total),
+    ("catdog_run_images_labeled", "Images a scan run labeled.", lambda r, _: r.done),
+    ("catdog_run_images_failed", "Images a scan run recorded as failed.", lambda r, _: r.failed),
+    ("catdog_run_images_pending", "Images of a scan run still without a result.", lambda _, p: p),
+    (
+        "catdog_run_finished",
+        "1 once every image of the scan run has a result.",
+        lambda r, _: int(r.finished is not None),
+    ),
+)
+
+#: Families per worker (label ``worker``): kind, name, help, field of :func:`worker_stats`.
+PER_WORKER: tuple[
+    tuple[Callable[..., CounterMetricFamily | GaugeMetricFamily], str, str, str], ...
+] = (
+    (_counter, "catdog_worker_batches_total", "Batches a worker finished.", "batches"),
+    (_counter, "catdog_worker_images_total", "Images a worker processed.", "images"),
+    (
+        _counter,
+        "catdog_worker_busy_seconds_total",
+        "Seconds a worker spent processing batches.",
+        "seconds",
+    ),
+    (
+        _gauge,
+        "catdog_worker_last_batch_seconds",
+        "Latency of a worker's most recent batch.",
+        "last_batch_seconds",
+    ),
+    (
+        _gauge,
+        "catdog_worker_images_per_second",
+        "Throughput of a worker's most recent batch.",
+        "images_per_second",
+    ),
+    (
+        _gauge,
+        "catdog_worker_last_batch_timestamp_seconds",
+        "Unix time a worker finished its most recent batch.",
+        "last_batch_at",
+    ),
+)
+
+
+def run_families(session: Session) -> list[Metric]:
+    """Images labeled, failed and pending, in total and per recent or unfinished scan run."""
     labeled_total, failed_total = session.execute(
         select(func.coalesce(func.sum(ScanRun.done), 0), func.coalesce(func.sum(ScanRun.failed), 0))
     ).one()
@@ -103,127 +181,59 @@ def _run_metrics(out: Exposition, session: Session) -> None:
     ).all()
     pending = {run.id: max(run.total - run.done - run.failed, 0) for run in runs}
 
-    def per_run(value: Callable[[ScanRun], float]) -> list[tuple[Labels, float]]:
-        return [({"run": str(run.id), "root": run.root}, value(run)) for run in runs]
-
-    out.family(
+    labeled = _counter(
         "catdog_images_labeled_total",
-        "counter",
         "Images labeled by all scan runs (a relabeled image counts again).",
-        [({}, int(labeled_total))],
     )
-    out.family(
-        "catdog_images_failed_total",
-        "counter",
-        "Images recorded as failed with a reason by all scan runs.",
-        [({}, int(failed_total))],
+    labeled.add_metric([], int(labeled_total))
+    failed = _counter(
+        "catdog_images_failed_total", "Images recorded as failed with a reason by all scan runs."
     )
-    out.family(
-        "catdog_images_pending",
-        "gauge",
-        "Queued images still without a result, over unfinished runs.",
-        [({}, sum(pending[run.id] for run in runs if run.finished is None))],
+    failed.add_metric([], int(failed_total))
+    pending_all = _gauge(
+        "catdog_images_pending", "Queued images still without a result, over unfinished runs."
     )
-    out.family(
-        "catdog_run_images",
-        "gauge",
-        "Images a scan run queued for labeling.",
-        per_run(lambda run: run.total),
-    )
-    out.family(
-        "catdog_run_images_labeled",
-        "gauge",
-        "Images a scan run labeled.",
-        per_run(lambda r: r.done),
-    )
-    out.family(
-        "catdog_run_images_failed",
-        "gauge",
-        "Images a scan run recorded as failed.",
-        per_run(lambda run: run.failed),
-    )
-    out.family(
-        "catdog_run_images_pending",
-        "gauge",
-        "Images of a scan run still without a result.",
-        per_run(lambda run: pending[run.id]),
-    )
-    out.family(
-        "catdog_run_finished",
-        "gauge",
-        "1 once every image of the scan run has a result.",
-        per_run(lambda run: int(run.finished is not None)),
-    )
+    pending_all.add_metric([], sum(pending[run.id] for run in runs if run.finished is None))
+
+    families: list[Metric] = [labeled, failed, pending_all]
+    for name, doc, value in PER_RUN:
+        family = _gauge(name, doc, ["run", "root"])
+        for run in runs:
+            family.add_metric([str(run.id), run.root], value(run, pending[run.id]))
+        families.append(family)
+    return families
 
 
-def _broker_metrics(out: Exposition, client: redis.Redis) -> None:
+def broker_families(client: redis.Redis, app: Celery) -> list[Metric]:
+    """Queue depth, unacknowledged tasks and worker throughput; ``catdog_broker_up 0`` when
+    the broker does not answer (the rest of the scrape still stands)."""
+    up = _gauge("catdog_broker_up", "1 when Redis answered this scrape.")
     try:
-        depths = {queue: queue_depth(client, queue) for queue in (INFERENCE_QUEUE, TRAINING_QUEUE)}
+        depths = {queue: queue_depth(app, queue) for queue in (INFERENCE_QUEUE, TRAINING_QUEUE)}
         unacked = int(client.hlen(UNACKED_KEY))
         workers = worker_stats(client)
-    except redis.RedisError as exc:
+    except BROKER_ERRORS as exc:
         log.warning("metrics: broker unreachable: %s", exc)
-        out.family("catdog_broker_up", "gauge", "1 when Redis answered this scrape.", [({}, 0)])
-        return
-    out.family("catdog_broker_up", "gauge", "1 when Redis answered this scrape.", [({}, 1)])
-    out.family(
-        "catdog_queue_depth",
-        "gauge",
-        "Tasks waiting in a Celery queue (batches for inference).",
-        [({"queue": queue}, depth) for queue, depth in depths.items()],
+        up.add_metric([], 0)
+        return [up]
+    up.add_metric([], 1)
+    depth = _gauge(
+        "catdog_queue_depth", "Tasks waiting in a Celery queue (batches for inference).", ["queue"]
     )
-    out.family(
-        "catdog_queue_unacked",
-        "gauge",
-        "Tasks delivered to a worker and not yet acknowledged (in flight).",
-        [({}, unacked)],
+    for queue, n in depths.items():
+        depth.add_metric([queue], n)
+    in_flight = _gauge(
+        "catdog_queue_unacked", "Tasks delivered to a worker and not yet acknowledged (in flight)."
     )
+    in_flight.add_metric([], unacked)
 
-    def per_worker(field: str) -> list[tuple[Labels, float]]:
-        return [({"worker": name}, stats[field]) for name, stats in workers.items()]
-
-    out.family(
-        "catdog_worker_batches_total",
-        "counter",
-        "Batches a worker finished.",
-        per_worker("batches"),
-    )
-    out.family(
-        "catdog_worker_images_total", "counter", "Images a worker processed.", per_worker("images")
-    )
-    out.family(
-        "catdog_worker_busy_seconds_total",
-        "counter",
-        "Seconds a worker spent processing batches.",
-        per_worker("seconds"),
-    )
-    out.family(
-        "catdog_worker_last_batch_seconds",
-        "gauge",
-        "Latency of a worker's most recent batch.",
-        per_worker("last_batch_seconds"),
-    )
-    out.family(
-        "catdog_worker_images_per_second",
-        "gauge",
-        "Throughput of a worker's most recent batch.",
-        per_worker("images_per_second"),
-    )
-    out.family(
-        "catdog_worker_last_batch_timestamp_seconds",
-        "gauge",
-        "Unix time a worker finished its most recent batch.",
-        per_worker("last_batch_at"),
-    )
-
-
-def queue_depth(client: redis.Redis, queue: str) -> int:
-    """Messages waiting in ``queue``, prioritised ones included."""
-    pipe = client.pipeline(transaction=False)
-    pipe.llen(queue)
-    for step in PRIORITY_STEPS:
-        pipe.llen(f"{queue}{PRIORITY_SEP}{step}")
-    return sum(int(n) for n in pipe.execute())
+    families: list[Metric] = [up, depth, in_flight]
+    for make, name, doc, field in PER_WORKER:
+        family = make(name, doc, ["worker"])
+        for worker, stats in workers.items():
+            family.add_metric([worker], stats[field])
+        families.append(family)
+    return families
 
 
 def worker_stats(client: redis.Redis) -> dict[str, dict[str, float]]:
@@ -253,39 +263,47 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _is_redis(url: str | None) -> bool:
-    return bool(url) and url.startswith(("redis://", "rediss://", "unix://"))  # type: ignore[union-attr]
+def metrics_app(registry: CollectorRegistry) -> WSGIApplication:
+    """A WSGI app answering ``GET /metrics`` from ``registry``; other paths are 404."""
+    exposition = make_wsgi_app(registry)
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != METRICS_PATH:
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"try /metrics\n"]
+        try:
+            return exposition(environ, start_response)
+        except Exception:  # a scrape reports the failure; the server keeps serving
+            log.exception("metrics: scrape failed")
+            start_response(
+                "500 Internal Server Error",
+                [("Content-Type", "text/plain; charset=utf-8")],
+                sys.exc_info(),
+            )
+            return [b"scrape failed; see the catdog metrics log\n"]
+
+    return app
 
 
-@lru_cache(maxsize=4)
-def redis_client(url: str) -> redis.Redis:
-    """One connection pool per URL per process."""
-    return redis.Redis.from_url(
-        url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    """One thread per scrape, so a slow database does not queue the next one."""
+
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Request lines go to the debug log, not stderr."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("metrics: " + format, *args)
+
+
+def make_server(address: str, port: int, registry: CollectorRegistry) -> WSGIServer:
+    """An HTTP server for :func:`metrics_app`; port 0 picks a free one."""
+    return wsgi_server(
+        address,
+        port,
+        metrics_app(registry),
+        server_class=_ThreadingServer,
+        handler_class=_QuietHandler,
     )
-
-
-def make_server(address: str, port: int, render: Callable[[], str]) -> ThreadingHTTPServer:
-    """An HTTP server answering ``GET /metrics`` with ``render()``; port 0 picks a free one."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path.split("?", 1)[0] != "/metrics":
-                self.send_error(404, "try /metrics")
-                return
-            try:
-                body = render().encode()
-            except Exception:  # a scrape reports the failure; the server keeps serving
-                log.exception("metrics: scrape failed")
-                self.send_error(500, "scrape failed; see the catdog metrics log")
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", CONTENT_TYPE)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            log.debug("metrics: " + format, *args)
-
-    return ThreadingHTTPServer((address, port), Handler)
