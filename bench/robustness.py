@@ -84,7 +84,8 @@ def main() -> None:
     truth = np.array([images.labels[int(i)] for i in picked])
     model = load(model_file)
     size = model.input_size
-    originals = [Image.open(f).convert("RGB") for f in files]
+    # Upright as the decoder sees them (EXIF orientation), before each shift re-encodes them.
+    originals = [ImageOps.exif_transpose(Image.open(f)).convert("RGB") for f in files]
 
     results: dict[str, dict[str, float]] = {}
     for name, (shift, quality) in SHIFTS.items():

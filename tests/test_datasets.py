@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from catdog.training.datasets import (
     DatasetError,
@@ -111,3 +113,18 @@ def test_pipeline_yields_float_batches_at_model_size_and_drops_broken_files(
     x, y, _ = batches[0]
     assert x.shape[1:] == (16, 24, 3) and x.dtype.name == "float32"
     assert float(x.numpy().min()) >= 0.0 and float(x.numpy().max()) <= 255.0
+
+
+def test_training_reads_every_image_format_the_workers_read(tmp_path: Path) -> None:
+    """WebP, TIFF and .jpe files are training images too, decoded like any other."""
+    root = make_dataset(tmp_path / "d", per_class=2)
+    extra = {"cat/cat.x.webp": "WEBP", "dog/dog.x.tiff": "TIFF", "dog/dog.y.jpe": "JPEG"}
+    for rel, fmt in extra.items():
+        Image.new("RGB", (40, 30), "red").save(root / rel, format=fmt)
+    images = discover(root)
+    assert set(extra) <= set(images.paths) and images.counts() == {"cat": 3, "dog": 4}
+    ds = make_pipeline(images.files(), images.labels, (8, 8), 16, with_index=True)
+    (x, _, index), *_ = list(ds)
+    assert sorted(int(i) for i in index.numpy()) == list(range(7))
+    webp = list(index.numpy()).index(images.paths.index("cat/cat.x.webp"))
+    assert np.allclose(x.numpy()[webp], [255.0, 0.0, 0.0], atol=3)  # lossy WebP

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from catdog.training.evaluate import compute_metrics, evaluate, expected_calibration_error, roc_auc
 from training_data import make_dataset
@@ -77,3 +78,15 @@ def test_evaluate_matches_classes_by_name_and_leaves_out_unknown_ones(
     metrics = evaluate(tiny_run.model_file, root)
     assert metrics["n"] == 8
     assert list(metrics["per_class"]) == ["cat", "dog"]
+
+
+def test_evaluate_leaves_out_the_files_workers_refuse(
+    tiny_run: Any, tmp_path: Path, env: Any
+) -> None:
+    """Broken files and images over the pixel limit are counted unreadable, not scored."""
+    root = make_dataset(tmp_path / "d", per_class=3)
+    (root / "cat" / "cat.broken.jpg").write_bytes(b"not a jpeg")
+    Image.new("RGB", (200, 100), "blue").save(root / "dog" / "dog.big.png")
+    env(max_image_pixels=str(100 * 100))  # the generated photos are 40x40
+    metrics = evaluate(tiny_run.model_file, root)
+    assert metrics["n"] == 6 and metrics["unreadable"] == 2

@@ -5,6 +5,10 @@ Two layouts are understood, also mixed in one folder:
 - class per folder: ``DATA/cat/*.jpg`` (images anywhere below the class folder);
 - Kaggle style: ``DATA/cat.1.jpg`` (the label is the name up to the first dot).
 
+Images are the files :data:`catdog.images.IMAGE_EXTENSIONS` names, decoded by
+:func:`catdog.images.decode` like the workers do, so a model is trained and evaluated on the
+pixels it will be served (EXIF orientation applied, alpha on white, same resize).
+
 TensorFlow is imported only by :func:`make_pipeline`, so discovery and splitting stay cheap
 for commands and processes that never train.
 """
@@ -12,6 +16,8 @@ for commands and processes that never train.
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import random
 from collections import defaultdict
 from collections.abc import Sequence
@@ -19,8 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: File suffixes treated as images (all decodable by ``tf.io.decode_image``).
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif"})
+import numpy as np
+
+from catdog.images import IMAGE_EXTENSIONS, ImageError, decode, read_file
+from catdog.settings import get_settings
+
+log = logging.getLogger(__name__)
+
 #: Optional file in a data folder listing near-identical photos, one pair per line:
 #: ``NAME_A NAME_B [DISTANCE]`` (names are file names or paths relative to the folder).
 NEAR_DUPLICATES_FILE = "near_duplicate_pairs.txt"
@@ -61,8 +72,8 @@ class LabeledImages:
 
 
 def is_image_file(path: Path) -> bool:
-    """True for a visible file with an image suffix."""
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    """True for a visible file with an image extension (the workers' list)."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
 def kaggle_label(name: str) -> str | None:
@@ -211,6 +222,18 @@ def split(
     return sorted(train), sorted(val)
 
 
+def decode_file(
+    path: str | bytes, size: tuple[int, int], max_pixels: int, max_bytes: int
+) -> np.ndarray | None:
+    """The file's pixels at ``size`` (h, w) as the workers decode them; None when unreadable."""
+    name = os.fsdecode(path)
+    try:
+        return decode(read_file(Path(name), max_bytes), size, max_pixels)[0]
+    except ImageError as exc:
+        log.warning("left out %s: %s", name, exc)
+        return None
+
+
 def make_pipeline(
     files: Sequence[str],
     labels: Sequence[int],
@@ -224,27 +247,38 @@ def make_pipeline(
 ) -> Any:
     """A ``tf.data.Dataset`` of ``(images, labels)`` batches (``(images, labels, index)``).
 
-    Images are decoded in parallel, resized (bilinear, aspect ratio not kept) to
-    ``image_size``, cached as uint8 at that size (in memory, or in the file named by
-    ``cache``), then shuffled, batched as float32 0..255 and prefetched. Files that cannot
-    be decoded are dropped; ``with_index`` lets callers see which ones came through.
+    Images are decoded in parallel by :func:`decode_file` (the workers' decoder and size
+    limits: upright per EXIF, PIL bilinear resize to ``image_size``, aspect ratio not kept),
+    cached as uint8 at that size (in memory, or in the file named by ``cache``), then
+    shuffled, batched as float32 0..255 and prefetched. Files that cannot be read or decoded
+    are dropped; ``with_index`` lets callers see which ones came through.
     """
     import tensorflow as tf
 
     height, width = image_size
+    settings = get_settings()
     autotune = tf.data.AUTOTUNE
+    blank = np.zeros((height, width, 3), np.uint8)
+
+    def read(path: bytes) -> tuple[np.ndarray, np.bool_]:
+        pixels = decode_file(
+            path, (height, width), settings.max_image_pixels, settings.max_file_bytes
+        )
+        return (blank, np.False_) if pixels is None else (pixels, np.True_)
 
     def load(path: Any, label: Any, index: Any) -> Any:
-        data = tf.io.read_file(path)
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
-        image = tf.image.resize(image, (height, width), antialias=True)
-        image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-        return image, label, index
+        # PIL releases the GIL while it decodes and resizes, so parallel calls overlap.
+        image, ok = tf.numpy_function(read, [path], (tf.uint8, tf.bool), stateful=False)
+        image.set_shape((height, width, 3))
+        ok.set_shape(())
+        return image, label, index, ok
 
     ds = tf.data.Dataset.from_tensor_slices(
         (list(files), tf.constant(list(labels), tf.int32), tf.range(len(files), dtype=tf.int32))
     )
-    ds = ds.map(load, num_parallel_calls=autotune, deterministic=True).ignore_errors()
+    ds = ds.map(load, num_parallel_calls=autotune, deterministic=True)
+    ds = ds.filter(lambda image, label, index, ok: ok)
+    ds = ds.map(lambda image, label, index, ok: (image, label, index))
     if cache:
         ds = ds.cache(cache if isinstance(cache, str) else "")
     if shuffle:

@@ -143,7 +143,9 @@ def predict(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Probabilities for ``files``: ``(y_true, probs, kept)``, ``kept`` indexing ``files``.
 
-    Files that cannot be decoded are left out of all three.
+    Files are decoded as the workers decode them (:func:`catdog.training.datasets.make_pipeline`
+    calls :func:`catdog.images.decode`), so these are the probabilities ``catdog classify``
+    serves. Files that cannot be read or decoded are left out of all three.
     """
     from catdog.training.datasets import make_pipeline
 
