@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from catdog.training.datasets import LabeledImages, discover
-from catdog.training.report import contact_sheet, html_image, html_page, html_table, plt
+from catdog.training.report import contact_sheet, plt, render_page
 
 #: Images looked at by default; more are sampled down to this many (seeded).
 DEFAULT_SAMPLE = 30_000
@@ -238,63 +238,35 @@ def explore(
     plt.close(fig)
 
     rng = random.Random(seed)
-    sections = [
-        "<h2>Summary</h2>",
-        html_table(
-            ["", "value"],
-            [
-                ("data folder", str(images.root)),
-                ("images", len(images)),
-                (
-                    "looked at",
-                    f"{len(chosen)}" + (f" (random sample, seed {seed})" if sampled else " (all)"),
-                ),
-                ("unreadable", len(unreadable)),
-                ("colour modes", ", ".join(f"{k}: {v}" for k, v in summary["modes"].items())),
-                ("formats", ", ".join(f"{k}: {v}" for k, v in summary["formats"].items())),
-                ("most common sizes", ", ".join(f"{k} ({v})" for k, v in summary["sizes"].items())),
-                ("near-duplicate pairs across classes", len(pairs)),
-            ],
+    overview = [
+        ("data folder", str(images.root)),
+        ("images", len(images)),
+        (
+            "looked at",
+            f"{len(chosen)}" + (f" (random sample, seed {seed})" if sampled else " (all)"),
         ),
-        html_table(
-            ["class", "images", "mean R", "mean G", "mean B", "brightness"],
-            [
-                (
-                    name,
-                    images.counts()[name],
-                    *(summary["channels"][name][c] or 0.0 for c in "rgb"),
-                    summary["brightness"][name] or 0.0,
-                )
-                for name in images.classes
-            ],
-        ),
-        html_image("class_counts.png", "images per class"),
-        "<h2>Distributions</h2>",
-        html_image("distributions.png", "distributions"),
-        "<h2>Unreadable files</h2>",
-        html_table(["file", "reason"], unreadable) if unreadable else "<p>None.</p>",
-        "<h2>Near-duplicates across classes</h2>",
-        f"<p>8x8 average hash within {NEAR_DUPLICATE_BITS} bits, confirmed by a correlation "
-        f"of at least {NEAR_DUPLICATE_CORRELATION} between 16x16 grey thumbnails.</p>",
+        ("unreadable", len(unreadable)),
+        ("colour modes", ", ".join(f"{k}: {v}" for k, v in summary["modes"].items())),
+        ("formats", ", ".join(f"{k}: {v}" for k, v in summary["formats"].items())),
+        ("most common sizes", ", ".join(f"{k} ({v})" for k, v in summary["sizes"].items())),
+        ("near-duplicate pairs across classes", len(pairs)),
     ]
-    if pairs:
-        sections.append(
-            html_table(
-                ["a", "b", "bits"],
-                [(images.paths[a], images.paths[b], d) for a, b, d in pairs[:PAIRS_LISTED]],
-            )
+    per_class = [
+        (
+            name,
+            images.counts()[name],
+            *(summary["channels"][name][c] or 0.0 for c in "rgb"),
+            summary["brightness"][name] or 0.0,
         )
+        for name in images.classes
+    ]
+    pairs_sheet = None
+    if pairs:
         shown = pairs[:8]
         files = [images.root / images.paths[i] for a, b, _ in shown for i in (a, b)]
         titles = [images.paths[i].rsplit("/", 1)[-1] for a, b, _ in shown for i in (a, b)]
-        sections.append(
-            html_image(
-                contact_sheet(files, titles, out / "near_duplicates.png"), "near-duplicate pairs"
-            )
-        )
-    else:
-        sections.append("<p>None found.</p>")
-    sections.append("<h2>Samples</h2>")
+        pairs_sheet = contact_sheet(files, titles, out / "near_duplicates.png")
+    samples = []
     for name, group in by_class.items():
         picks = rng.sample(group, min(SAMPLES_PER_CLASS, len(group)))
         grid = contact_sheet(
@@ -302,9 +274,19 @@ def explore(
             [f"{s.width}x{s.height}" for s in picks],
             out / f"samples_{name}.png",
         )
-        sections += [f"<h3>{name}</h3>", html_image(grid, f"samples of {name}")]
-    report = out / "report.html"
-    report.write_text(
-        html_page(f"catdog data exploration: {images.root.name}", "\n".join(sections))
+        samples.append((name, grid))
+    page = render_page(
+        "explore.html",
+        f"catdog data exploration: {images.root.name}",
+        overview=overview,
+        per_class=per_class,
+        unreadable=unreadable,
+        near_duplicate_bits=NEAR_DUPLICATE_BITS,
+        near_duplicate_correlation=NEAR_DUPLICATE_CORRELATION,
+        pairs=[(images.paths[a], images.paths[b], d) for a, b, d in pairs[:PAIRS_LISTED]],
+        pairs_sheet=pairs_sheet,
+        samples=samples,
     )
+    report = out / "report.html"
+    report.write_text(page, encoding="utf-8")
     return report

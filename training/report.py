@@ -1,16 +1,18 @@
 """The training report: learning curves, confusion matrix, ROC curve, confident mistakes.
 
-Also holds the few HTML helpers the exploration report shares. Plots are PNG files next to
-the HTML page, so the folder can be copied or served as it is.
+Also renders the exploration report's page: both are jinja2 templates in
+``training/templates`` with autoescape on. Plots are PNG files next to the HTML page, so the
+folder can be copied or served as it is.
 """
 
 from __future__ import annotations
 
-import html
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and workers
@@ -26,37 +28,32 @@ MISTAKES_SHOWN = 16
 SHEET_COLUMNS = 8
 SHEET_TILE = 128
 
-_STYLE = (
-    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
-    "text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}"
-    "img{max-width:100%;border:1px solid #eee;margin:.5em 0}"
-)
+#: Folder of the page templates, inside this package (``training/templates``).
+TEMPLATES = "templates"
 
 
-def html_page(title: str, body: str) -> str:
-    """A complete, self-contained HTML page."""
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-        f"</title><style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-        f"{body}</body></html>\n"
+def render_page(template: str, title: str, **context: Any) -> str:
+    """A complete, self-contained HTML page from ``templates/<template>``, values escaped."""
+    return _templates().get_template(template).render(title=title, **context)
+
+
+def _cell(value: Any) -> str:
+    """A table cell's text: floats with four decimals."""
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+@cache
+def _templates() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("catdog.training", TEMPLATES),
+        autoescape=jinja2.select_autoescape(["html"]),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
-
-
-def html_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """An HTML table; floats are shown with four decimals."""
-
-    def cell(value: Any) -> str:
-        return html.escape(f"{value:.4f}" if isinstance(value, float) else str(value))
-
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def html_image(name: str, alt: str) -> str:
-    """An image tag for a PNG in the report folder."""
-    return f"<p><img src='{html.escape(name)}' alt='{html.escape(alt)}'></p>"
+    env.filters["cell"] = _cell
+    return env
 
 
 def _save(fig: Any, path: Path) -> str:
@@ -189,56 +186,38 @@ def write_training_report(
     """Write ``report.html`` and its PNG plots into ``out_dir``; return the HTML path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     y_true = np.asarray(y_true, int)
-    parts = [
-        "<h2>Validation metrics</h2>",
-        html_table(
-            ["metric", "value"],
-            [(k, metrics[k]) for k in HEADLINE_METRICS if metrics.get(k) is not None],
-        ),
-        html_table(
-            ["class", "precision", "recall", "f1", "support", "roc_auc"],
-            [
-                (
-                    name,
-                    m["precision"],
-                    m["recall"],
-                    m["f1"],
-                    m["support"],
-                    m["roc_auc"] if m["roc_auc"] is not None else "-",
-                )
-                for name, m in metrics["per_class"].items()
-            ],
-        ),
-    ]
-    parts += [
-        "<h2>Learning curves</h2>",
-        html_image(
-            plot_learning_curves(history, out_dir / "learning_curves.png"), "learning curves"
-        ),
-        "<h2>Confusion matrix</h2>",
-        html_image(
-            plot_confusion(metrics["confusion"], classes, out_dir / "confusion_matrix.png"),
-            "confusion matrix",
-        ),
-    ]
-    if metrics.get("roc_auc") is not None:
-        parts += [
-            "<h2>ROC curve</h2>",
-            html_image(plot_roc(y_true, probs, classes, out_dir / "roc_curve.png"), "ROC curve"),
-        ]
-    mistakes = confident_mistakes(y_true, probs)
-    parts.append("<h2>Most confidently wrong validation images</h2>")
-    if mistakes:
-        parts.append(
-            html_image(
-                plot_mistakes(
-                    mistakes, files, y_true, probs, classes, out_dir / "confident_mistakes.png"
-                ),
-                "most confidently wrong validation images",
-            )
+    headline = [(k, metrics[k]) for k in HEADLINE_METRICS if metrics.get(k) is not None]
+    per_class = [
+        (
+            name,
+            m["precision"],
+            m["recall"],
+            m["f1"],
+            m["support"],
+            m["roc_auc"] if m["roc_auc"] is not None else "-",
         )
-    else:
-        parts.append("<p>No validation image was misclassified.</p>")
+        for name, m in metrics["per_class"].items()
+    ]
+    mistakes = confident_mistakes(y_true, probs)
+    plots = {
+        "learning_curves": plot_learning_curves(history, out_dir / "learning_curves.png"),
+        "confusion": plot_confusion(
+            metrics["confusion"], classes, out_dir / "confusion_matrix.png"
+        ),
+        "roc": (
+            plot_roc(y_true, probs, classes, out_dir / "roc_curve.png")
+            if metrics.get("roc_auc") is not None
+            else None
+        ),
+        "mistakes": (
+            plot_mistakes(
+                mistakes, files, y_true, probs, classes, out_dir / "confident_mistakes.png"
+            )
+            if mistakes
+            else None
+        ),
+    }
+    page = render_page("training.html", title, headline=headline, per_class=per_class, plots=plots)
     path = out_dir / "report.html"
-    path.write_text(html_page(title, "\n".join(parts)))
+    path.write_text(page, encoding="utf-8")
     return path

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import base64
 import heapq
-import html
 import io
 import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 
+import jinja2
 from sqlalchemy.orm import Session
 
 from catdog.db.queries import latest_predictions
@@ -34,6 +35,8 @@ FAILURES_LISTED = 500
 STREAM_CHUNK = 2000
 #: Name of the histogram image inside the report folder.
 HISTOGRAM_FILE = "confidence.png"
+#: The page's template, in ``catdog/ops/templates``.
+REPORT_TEMPLATE = "results.html"
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,62 +179,25 @@ def thumbnail(location: Path, roots: Sequence[Path] = ()) -> str | None:
 
 
 def render_html(summary: Summary, thumbs: Sequence[str | None]) -> str:
-    """The report page."""
-    e = html.escape
-    total = summary.total or 1
-    label_rows = "".join(
-        f"<tr><td>{e(label)}</td><td>{n}</td><td>{100 * n / total:.1f}%</td></tr>"
-        for label, n in summary.per_label.most_common()
+    """The report page (``templates/results.html``; every value is HTML-escaped)."""
+    return (
+        _templates()
+        .get_template(REPORT_TEMPLATE)
+        .render(
+            summary=summary,
+            cards=list(zip(summary.doubtful, thumbs, strict=True)),
+            thumb_px=THUMB_PX,
+            histogram_file=HISTOGRAM_FILE,
+            generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        )
     )
-    version_rows = "".join(
-        f"<tr><td>{e(version)}</td><td>{n}</td></tr>"
-        for version, n in summary.per_version.most_common()
+
+
+@cache
+def _templates() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("catdog.ops", "templates"),
+        autoescape=jinja2.select_autoescape(["html"]),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
     )
-    cards = "".join(
-        '<figure class="card">'
-        + (f'<img src="{src}" alt="">' if src else '<div class="missing">unreadable</div>')
-        + f"<figcaption><b>{e(d.label)}</b> {d.confidence:.3f}<br>"
-        f'<span class="path">{e(str(d.location))}</span></figcaption></figure>'
-        for d, src in zip(summary.doubtful, thumbs, strict=True)
-    )
-    kind_rows = "".join(
-        f"<tr><td>{e(kind)}</td><td>{n}</td></tr>"
-        for kind, n in summary.failure_kinds.most_common()
-    )
-    failure_rows = "".join(
-        f'<tr><td class="path">{e(str(f.location))}</td><td>{e(f.reason)}</td></tr>'
-        for f in summary.failures
-    )
-    more = summary.failed - len(summary.failures)
-    more_note = f"<p>… and {more} more failures, counted above.</p>" if more > 0 else ""
-    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>catdog results</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; margin-bottom: 1.5em; }}
-td, th {{ border: 1px solid #ccc; padding: .25em .6em; text-align: left; }}
-.gallery {{ display: flex; flex-wrap: wrap; gap: .6em; }}
-.card {{ width: {THUMB_PX + 20}px; margin: 0; font-size: .8em; }}
-.card img, .missing {{ max-width: {THUMB_PX}px; max-height: {THUMB_PX}px; }}
-.missing {{ width: {THUMB_PX}px; height: {THUMB_PX}px; background: #eee;
-  display: flex; align-items: center; justify-content: center; }}
-.path {{ word-break: break-all; color: #555; }}
-</style></head><body>
-<h1>catdog results</h1>
-<p>Generated {generated}. <b id="total">{summary.total}</b> images:
-<b id="labeled">{summary.labeled}</b> labeled, <b id="failed">{summary.failed}</b> failed.</p>
-<h2>Counts per label</h2>
-<table id="labels"><tr><th>label</th><th>images</th><th>share</th></tr>{label_rows}</table>
-<h2>Model versions</h2>
-<table id="versions"><tr><th>version</th><th>images</th></tr>{version_rows}</table>
-<h2>Confidence</h2>
-<img src="{HISTOGRAM_FILE}" alt="histogram of confidences per label">
-<h2>Least confident images</h2>
-<div class="gallery">{cards or "<p>None.</p>"}</div>
-<h2>Failures</h2>
-<table id="failure-kinds"><tr><th>kind</th><th>images</th></tr>{kind_rows}</table>
-<table id="failures"><tr><th>file</th><th>reason</th></tr>{failure_rows}</table>
-{more_note}
-</body></html>
-"""
