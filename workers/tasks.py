@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -135,10 +136,15 @@ def _delayed() -> Iterator[None]:
 
 
 def _backoff(base: float, retries: int) -> float:
-    """Doubling delay, capped. A delayed retry is held unacknowledged by a worker: keep it
-    under the visibility timeout, or the broker would hand out copies while it waits."""
+    """A random delay in [base / 2, doubling ceiling], the ceiling capped.
+
+    The jitter spreads the retries of many workers that failed together (a database restart)
+    instead of sending them back in lockstep. A delayed retry is held unacknowledged by a
+    worker: keep it under the visibility timeout, or the broker would hand out copies.
+    """
     cap = min(DB_RETRY_CAP_S, max(1, get_settings().visibility_timeout // 2))
-    return float(min(base * 2**retries, cap))
+    ceiling = min(base * 2**retries, cap)
+    return random.uniform(min(base, ceiling) / 2, ceiling)
 
 
 def _is_outage(exc: DBAPIError) -> bool:
