@@ -29,6 +29,10 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
 )
 
+#: The PIL decoders a file may reach, whatever its name says. All decode in-process: PIL's
+#: EPS, PDF and other plugins that hand a file to an external program are never tried.
+PIL_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+
 #: EXIF tag saying how the camera was held.
 EXIF_ORIENTATION = 0x0112
 #: Orientations whose upright picture swaps width and height (turned a quarter).
@@ -49,42 +53,37 @@ class Decoded:
     height: int
 
 
-def resolve_inside(store: str, relpath: str, roots: list[Path]) -> Path:
-    """Absolute path of ``relpath`` in ``store``; refuse anything outside the allowed roots.
-
-    ``roots`` empty means the store itself is the boundary. Symlinks are resolved first, so
-    neither ``..`` nor a link can lead a worker out of the stores.
-    """
-    base = Path(store).resolve()
-    candidate = (base / relpath).resolve()
-    allowed = [r.resolve() for r in roots] or [base]
-    if not any(candidate.is_relative_to(root) for root in allowed):
-        raise ImageError("refused: path is outside the configured store roots")
-    if roots and not any(base.is_relative_to(root.resolve()) for root in roots):
-        raise ImageError("refused: store is outside the configured store roots")
-    return candidate
-
-
 def read_file(path: Path, max_bytes: int) -> bytes:
-    """The file's bytes, with readable reasons for the usual failures."""
+    """The file's bytes, with readable reasons for the usual failures.
+
+    Opened non-blocking and checked on the open descriptor: a file swapped for a pipe or a
+    device after it was listed is refused instead of hanging the reader.
+    """
     try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            # A pipe or device named .jpg would block the reader or never end.
-            raise ImageError("not a regular file (directory, pipe or device)")
-        size = st.st_size
-        if size == 0:
-            raise ImageError("empty file (0 bytes)")
-        if size > max_bytes:
-            raise ImageError(f"file too large ({size} bytes > limit {max_bytes})")
-        with open(path, "rb") as fh:
-            return fh.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise ImageError("file not found (deleted or moved since the scan)") from None
     except PermissionError:
         raise ImageError("permission denied") from None
     except OSError as exc:
         raise ImageError(f"cannot read file: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as fh:
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ImageError("not a regular file (directory, pipe or device)")
+            if st.st_size == 0:
+                raise ImageError("empty file (0 bytes)")
+            if st.st_size > max_bytes:
+                raise ImageError(f"file too large ({st.st_size} bytes > limit {max_bytes})")
+            # One byte more than fstat said: a file still being written is noticed, and the
+            # buffer is sized by the file, not by the limit.
+            data = fh.read(st.st_size + 1)
+        except OSError as exc:
+            raise ImageError(f"cannot read file: {exc.strerror or exc}") from None
+    if len(data) != st.st_size:
+        raise ImageError("file changed while it was read (still being written?)")
+    return data
 
 
 def decode(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple[np.ndarray, int, int]:
@@ -93,7 +92,7 @@ def decode(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple[np.ndar
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL warns about odd but readable files
-            img: Image.Image = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
             full_w, full_h = img.size
             if full_w * full_h > max_pixels:
                 raise ImageError(
@@ -133,8 +132,32 @@ def decode(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple[np.ndar
     return pixels, full_w, full_h
 
 
-def load(path: Path, size: tuple[int, int], max_pixels: int, max_bytes: int) -> Decoded:
-    """Read the file once, hash it, decode it at model size."""
-    data = read_file(path, max_bytes)
+def thumbnail_jpeg(data: bytes, longest: int, max_pixels: int) -> bytes:
+    """A JPEG of the picture, upright, at most ``longest`` pixels on its longer side."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img: Image.Image = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
+            if img.size[0] * img.size[1] > max_pixels:
+                raise ImageError("image too large for a thumbnail")
+            img.draft("RGB", (longest, longest))  # JPEG: decode at reduced size
+            img = ImageOps.exif_transpose(img) or img
+            img.thumbnail((longest, longest))
+            buf = io.BytesIO()
+            img.convert("RGB").save(buf, format="JPEG", quality=80)
+    except ImageError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"no thumbnail: {exc}") from None
+    return buf.getvalue()
+
+
+def from_bytes(data: bytes, size: tuple[int, int], max_pixels: int) -> Decoded:
+    """Hash and decode bytes already read (through a store's guarded reader)."""
     pixels, width, height = decode(data, size, max_pixels)
     return Decoded(pixels, hashlib.sha256(data).hexdigest(), width, height)
+
+
+def load(path: Path, size: tuple[int, int], max_pixels: int, max_bytes: int) -> Decoded:
+    """Read a local file once, hash it, decode it at model size."""
+    return from_bytes(read_file(path, max_bytes), size, max_pixels)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 
 from sqlalchemy import update
@@ -15,7 +16,7 @@ from catdog.db import registry
 from catdog.db.models import ScanRun, utcnow
 from catdog.db.queries import finish_run_if_complete, register_images
 from catdog.settings import Settings
-from catdog.stores import FileEntry, Store
+from catdog.stores import FileEntry, OnSkip, Store
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ class ScanSummary:
     queued: int
     skipped: int
     image_ids: list[int]
+    #: Files under the roots that were not registered, by reason (not an image type, ...).
+    not_registered: Counter[str] = field(default_factory=Counter)
 
 
 def _chunks(it: Iterator[FileEntry], size: int) -> Iterator[list[FileEntry]]:
@@ -74,12 +77,23 @@ def scan(
     retry_failed: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
     keep_ids: bool = False,
+    on_skip: OnSkip | None = None,
 ) -> ScanSummary:
     """Register every image in ``stores`` and send the ones needing a label in batches.
 
     Resumable: images already labeled (and unchanged) are skipped, so a second run of the same
     scan sends nothing. ``queue_depth`` enables backpressure against ``queue_high_water``.
+    Every file that is not registered is counted by reason, logged (``-v``) and passed to
+    ``on_skip``.
     """
+    not_registered: Counter[str] = Counter()
+
+    def skipped_file(name: str, reason: str) -> None:
+        not_registered[reason] += 1
+        log.info("not registered: %s (%s)", name, reason)
+        if on_skip is not None:
+            on_skip(name, reason)
+
     with sessions.begin() as session:
         run = start_run(session, settings, ",".join(s.root for s in stores), relabel)
         run_id, version_id = run.id, run.model_version_id
@@ -98,7 +112,7 @@ def scan(
         queued += len(ids)
 
     for store in stores:
-        for chunk in _chunks(store.walk(), REGISTER_CHUNK):
+        for chunk in _chunks(store.walk(skipped_file), REGISTER_CHUNK):
             with sessions.begin() as session:
                 todo, skipped = register_images(
                     session, store.root, chunk, version_id, relabel, retry_failed
@@ -132,4 +146,4 @@ def scan(
     if on_progress is not None:
         on_progress(seen, queued)
     log.info("run %d: %d files, %d queued, %d skipped", run_id, seen, queued, skipped_total)
-    return ScanSummary(run_id, seen, queued, skipped_total, kept)
+    return ScanSummary(run_id, seen, queued, skipped_total, kept, not_registered)

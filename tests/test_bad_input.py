@@ -24,9 +24,9 @@ from catdog.db.queries import register_images
 from catdog.images import load
 from catdog.producer.scan import scan
 from catdog.settings import Settings
-from catdog.stores import FileEntry, LocalStore
+from catdog.stores import LINK_DANGLING, LINK_OUT, NOT_REGULAR, FileEntry, LocalStore
 from catdog.workers.inference import InferenceContext, classify_batch
-from conftest import make_image
+from helpers import make_image
 
 #: Outcome wanted for a file: a label, "labeled" (any label), or ("error", reason fragment).
 Expect = str | tuple[str, str]
@@ -109,7 +109,7 @@ def build_corpus(root: Path, outside: Path) -> dict[str, Expect]:
     put("locked.jpg", _jpeg(cat), "cat" if os.geteuid() == 0 else ("error", "permission"))
     os.chmod(root / "locked.jpg", 0)
     os.symlink(root / "gone.jpg", root / "dangling.jpg")
-    want["dangling.jpg"] = ("error", "file not found")
+    want["dangling.jpg"] = ("skipped", LINK_DANGLING)
     os.symlink(root / "ok" / "cat.jpg", root / "link-inside.jpg")
     want["link-inside.jpg"] = "cat"
     outside.mkdir(parents=True, exist_ok=True)
@@ -119,8 +119,14 @@ def build_corpus(root: Path, outside: Path) -> dict[str, Expect]:
     put("chat-é-猫.jpg", _jpeg(cat), "cat")
     put("new\nline.jpg", _jpeg(dog), "dog")
     os.mkfifo(root / "pipe.jpg")
-    want["pipe.jpg"] = ("error", "not a regular file")
+    want["pipe.jpg"] = ("skipped", NOT_REGULAR)
     return want
+
+
+def _split(want: dict[str, Expect]) -> tuple[dict[str, Expect], dict[str, str]]:
+    """The corpus files a scan registers, and those it skips (name -> reason)."""
+    skipped = {p: e[1] for p, e in want.items() if isinstance(e, tuple) and e[0] == "skipped"}
+    return {p: e for p, e in want.items() if p not in skipped}, skipped
 
 
 def _check(path: str, expect: Expect, label: str | None, error: str | None) -> None:
@@ -158,12 +164,14 @@ def test_every_file_of_the_corpus_is_labeled_or_failed_with_a_reason(ctx, tmp_pa
         batches.append(ids)
         classify_batch(ctx, run, ids)
 
-    scan(ctx.sessions, ctx.settings, [LocalStore(root)], send)
+    summary = scan(ctx.sessions, ctx.settings, [LocalStore(root)], send)
     got = _results(ctx)
     assert len(batches) == 1
-    assert set(got) == set(want), "link-out.jpg must not be registered; all others must"
-    for path, expect in want.items():
+    registered, skipped = _split(want)
+    assert set(got) == set(registered), "link-out.jpg must not be registered; all others must"
+    for path, expect in registered.items():
         _check(path, expect, *got[path])
+    assert summary.not_registered == {LINK_OUT: 1, **{r: 1 for r in skipped.values()}}
 
 
 def test_the_upright_picture_is_what_gets_labeled_and_measured(tmp_path: Path):
@@ -237,6 +245,7 @@ def test_classify_reports_the_corpus_row_by_row(
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     got = {str(Path(r["path"]).relative_to(root.resolve())): r for r in rows}
-    assert set(got) == set(want)
-    for path, expect in want.items():
+    registered, _ = _split(want)
+    assert set(got) == set(registered)
+    for path, expect in registered.items():
         _check(path, expect, got[path]["label"], got[path].get("error"))

@@ -68,7 +68,10 @@ def test_summary_counts_labels_failures_and_orders_doubtful_images_first(
     assert (summary.labeled, summary.failed) == (4, 1)
     assert summary.per_label == {"cat": 3, "dog": 1}
     assert summary.failure_kinds == {"corrupt or truncated image": 1}
-    assert [d.location for d in summary.doubtful] == [store / "cats/c1.jpg", store / "dogs/d0.png"]
+    assert [d.location for d in summary.doubtful] == [
+        f"{store}/cats/c1.jpg",
+        f"{store}/dogs/d0.png",
+    ]
     assert sum(map(sum, summary.histogram.values())) == 4
 
 
@@ -101,5 +104,19 @@ def test_thumbnails_outside_the_store_roots_are_not_opened(
     from catdog.ops.report import thumbnail
 
     photo = image_factory("elsewhere/x.jpg")
-    assert thumbnail(photo) is not None
-    assert thumbnail(photo, [tmp_path / "store"]) is None
+    assert thumbnail(str(photo.parent), photo.name) is not None
+    assert thumbnail(str(photo.parent), photo.name, [tmp_path / "store"]) is None
+
+
+def test_a_labeled_file_swapped_for_a_pipe_gets_no_thumbnail_instead_of_a_hang(
+    image_factory: Callable[..., Path],
+) -> None:
+    """The report reads through the workers' guarded reader: a FIFO is refused at once."""
+    import os
+
+    from catdog.ops.report import thumbnail
+
+    photo = image_factory("store/x.jpg")
+    photo.unlink()
+    os.mkfifo(photo)
+    assert thumbnail(str(photo.parent), photo.name) is None

@@ -20,8 +20,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from catdog.db import registry
 from catdog.db.engine import engine_for, session_factory
 from catdog.db.queries import Outcome, image_locations, save_outcomes
-from catdog.images import Decoded, ImageError, load, resolve_inside
+from catdog.images import Decoded, ImageError, from_bytes
 from catdog.settings import Settings
+from catdog.stores import open_store
 from catdog.workers.model import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
@@ -109,8 +110,8 @@ def _decode_one(
     """Decode one image or return the failure reason (never raises for bad input)."""
     s = ctx.settings
     try:
-        path = resolve_inside(store, relpath, list(s.store_roots))
-        return load(path, size, s.max_image_pixels, s.max_file_bytes)
+        data = open_store(store, list(s.store_roots)).read(relpath, s.max_file_bytes)
+        return from_bytes(data, size, s.max_image_pixels)
     except ImageError as exc:
         return str(exc)
     except Exception as exc:  # noqa: BLE001 - one odd file must not stop the batch

@@ -126,7 +126,13 @@ def report(out_dir: Path) -> None:
 
     settings = get_settings()
     with session_factory(engine_for(settings.database()))() as session:
-        summary = write_report(session, out_dir, settings.store_roots)
+        summary = write_report(
+            session,
+            out_dir,
+            settings.store_roots,
+            settings.max_file_bytes,
+            settings.max_image_pixels,
+        )
     click.echo(
         f"{summary.total} images ({summary.labeled} labeled, {summary.failed} failed): "
         f"{out_dir / 'index.html'}"

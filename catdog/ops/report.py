@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import heapq
-import io
 import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -22,11 +21,17 @@ import jinja2
 from sqlalchemy.orm import Session
 
 from catdog.db.queries import latest_predictions
+from catdog.images import ImageError, thumbnail_jpeg
+from catdog.settings import Settings
+from catdog.stores import open_store
 
 #: Bins of the confidence histogram over [0, 1].
 HIST_BINS = 50
 #: Least confident images shown in the gallery.
 GALLERY_SIZE = 48
+#: The workers' limits, for reports written without settings at hand.
+DEFAULT_MAX_FILE_BYTES: int = Settings.model_fields["max_file_bytes"].default
+DEFAULT_MAX_PIXELS: int = Settings.model_fields["max_image_pixels"].default
 #: Longest side of a gallery thumbnail, in pixels.
 THUMB_PX = 160
 #: Failures listed one by one; the rest are only counted by reason.
@@ -44,16 +49,22 @@ class Doubtful:
     """A successfully labeled image with a low confidence."""
 
     confidence: float
-    location: Path
+    store: str
+    name: str
     label: str
     version: str
+
+    @property
+    def location(self) -> str:
+        """Where the image is, as stored (readable, undecodable bytes as ``\\xNN``)."""
+        return f"{self.store}/{self.name}"
 
 
 @dataclass(frozen=True, slots=True)
 class Failure:
     """An image that could not be classified, and why."""
 
-    location: Path
+    location: str
     reason: str
 
 
@@ -88,7 +99,7 @@ def summarize(session: Session, gallery_size: int = GALLERY_SIZE) -> Summary:
     heap: list[tuple[float, int, Doubtful]] = []
     rows = session.execute(latest_predictions(session).execution_options(yield_per=STREAM_CHUNK))
     for image, prediction, version in rows:
-        location = Path(image.store) / image.path
+        location = f"{image.store}/{image.path}"
         summary.per_version[version] += 1
         if prediction.error is not None:
             summary.failed += 1
@@ -101,7 +112,11 @@ def summarize(session: Session, gallery_size: int = GALLERY_SIZE) -> Summary:
         summary.labeled += 1
         summary.per_label[label] += 1
         bins[label][min(max(int(confidence * HIST_BINS), 0), HIST_BINS - 1)] += 1
-        item = (-confidence, image.id, Doubtful(confidence, location, label, version))
+        item = (
+            -confidence,
+            image.id,
+            Doubtful(confidence, image.store, image.path, label, version),
+        )
         if len(heap) < gallery_size:
             heapq.heappush(heap, item)
         elif gallery_size and item > heap[0]:
@@ -116,17 +131,26 @@ def failure_kind(reason: str) -> str:
     return re.split(r"[:(]", reason, maxsplit=1)[0].strip() or reason
 
 
-def write_report(session: Session, out_dir: Path, store_roots: Sequence[Path] = ()) -> Summary:
+def write_report(
+    session: Session,
+    out_dir: Path,
+    store_roots: Sequence[Path] = (),
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Summary:
     """Write ``index.html`` and the histogram into ``out_dir``; return what they show.
 
-    Thumbnails are embedded in the page, so the folder can be copied anywhere. With
-    ``store_roots``, only files under them are opened (as for workers).
+    Thumbnails are embedded in the page, so the folder can be copied anywhere. Files are read
+    through the stores' guarded reader, as workers read them: inside the store and
+    ``store_roots``, never blocking on a pipe, bounded in bytes and pixels.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize(session)
     plot_histogram(summary.histogram, out_dir / HISTOGRAM_FILE)
-    roots = [r.resolve() for r in store_roots]
-    thumbs = [thumbnail(d.location, roots) for d in summary.doubtful]
+    roots = list(store_roots)
+    thumbs = [
+        thumbnail(d.store, d.name, roots, max_file_bytes, max_pixels) for d in summary.doubtful
+    ]
     (out_dir / "index.html").write_text(render_html(summary, thumbs), encoding="utf-8")
     return summary
 
@@ -160,22 +184,20 @@ def plot_histogram(histogram: dict[str, list[int]], out: Path) -> None:
     fig.savefig(out, format="png")
 
 
-def thumbnail(location: Path, roots: Sequence[Path] = ()) -> str | None:
+def thumbnail(
+    store: str,
+    name: str,
+    roots: Sequence[Path] = (),
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> str | None:
     """A JPEG thumbnail as a ``data:`` URL, or None when the file can't be read."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
-        path = location.resolve()
-        if roots and not any(path.is_relative_to(root) for root in roots):
-            return None
-        with Image.open(path) as img:
-            img.draft("RGB", (THUMB_PX, THUMB_PX))  # JPEG: decode at reduced size
-            img.thumbnail((THUMB_PX, THUMB_PX))
-            buf = io.BytesIO()
-            img.convert("RGB").save(buf, format="JPEG", quality=80)
-    except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError):
+        data = open_store(store, list(roots)).read(name, max_file_bytes)
+        jpeg = thumbnail_jpeg(data, THUMB_PX, max_pixels)
+    except ImageError:
         return None
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
 
 def render_html(summary: Summary, thumbs: Sequence[str | None]) -> str:
