@@ -24,64 +24,98 @@ class Settings(BaseSettings):
         extra="ignore",
     )
 
-    #: Celery broker. Unset means embedded: everything runs in-process.
-    broker_url: SecretStr | None = None
-    #: A file holding the broker URL (Docker secrets); wins over ``broker_url``.
-    broker_url_file: Path | None = None
-    #: SQLAlchemy URL of the results database.
-    database_url: SecretStr = SecretStr("sqlite:///catdog.db")
-    #: A file holding the database URL (Docker secrets); wins over ``database_url``.
-    database_url_file: Path | None = None
-    #: CA bundle that signs the Redis server certificate (``rediss://`` URLs).
-    redis_ca_file: Path | None = None
-    #: Client certificate and key, when Redis asks for mutual TLS.
-    redis_cert_file: Path | None = None
-    redis_key_file: Path | None = None
-    #: Check the Redis server certificate; turn off only for a self-signed test server.
-    redis_tls_verify: bool = True
-    #: A ``.keras`` file to use instead of the registry's production model.
-    model: Path | None = None
-    #: Where the model registry keeps versioned model files.
-    models_dir: Path = Path("models")
-    #: Roots workers may read from; files outside them are refused. Empty: any scanned root.
-    #: NoDecode: the env value reaches _split_roots as text instead of failing JSON parsing.
-    store_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
-    #: Images per queued batch task: big enough to amortise task overhead, small enough to
-    #: redeliver cheaply after a worker dies.
-    batch_size: int = 256
-    #: Images per model call inside a batch task; None picks one for the device.
-    predict_batch_size: int | None = None
-    #: Seconds before an unacknowledged batch is redelivered to another worker. Must be longer
-    #: than the slowest batch (256 images on a slow CPU take well under a minute).
-    visibility_timeout: int = 600
-    #: The producer waits while the inference queue holds more batches than this.
-    queue_high_water: int = 64
-    #: Below this top-class probability the label is ``uncertain``; None always picks a class.
-    confidence_threshold: float | None = None
-    #: Images with more pixels than this are refused (decompression bombs).
-    max_image_pixels: int = 100_000_000
-    #: Files larger than this many bytes are refused.
-    max_file_bytes: int = 200 * 1024 * 1024
-    #: Threads decoding images inside a worker while the model runs. Default: the CPUs this
-    #: process may use, at least 4 (decoding releases the GIL, and a GPU outruns 4 threads).
-    decode_threads: int | None = None
-    #: Times a failing batch is retried before its images are recorded as failed. Also how
-    #: many times a batch may stop its worker (crash, kill) before it is given up.
-    max_retries: int = 5
-    #: Seconds a batch task sleeps before and after its work. Fault tests and demos only: it
-    #: widens the window in which a kill or a restart hits a batch in flight.
-    batch_delay_s: float = 0.0
-    #: Inference kernels: "tflite" (XNNPACK, ~1.5x faster on CPUs), "tensorflow", or "auto"
-    #: (tflite on hosts without a GPU, TensorFlow on GPUs).
-    runtime: Literal["auto", "tensorflow", "tflite"] = "auto"
-    #: Use float16 mixed precision on a GPU.
-    mixed_precision: bool = False
-    #: Cap the GPU memory of one worker process (MiB); None: grow as needed.
-    gpu_memory_limit_mb: int | None = None
-    #: Flower's HTTP basic auth, ``user:password`` (several users separated by commas).
-    flower_basic_auth: SecretStr | None = None
-    #: Flower's state file; set it to keep task history across Flower restarts.
-    flower_db: Path | None = None
+    # Each field's description is what `catdog settings` shows; comments say why.
+    broker_url: SecretStr | None = Field(
+        default=None, description="Redis URL of the broker; unset: embedded, everything in-process"
+    )
+    broker_url_file: Path | None = Field(
+        default=None, description="file holding the broker URL (Docker secrets); wins over the URL"
+    )
+    database_url: SecretStr = Field(
+        default=SecretStr("sqlite:///catdog.db"),
+        description="SQLAlchemy URL of the results database",
+    )
+    database_url_file: Path | None = Field(
+        default=None,
+        description="file holding the database URL (Docker secrets); wins over the URL",
+    )
+    redis_ca_file: Path | None = Field(
+        default=None, description="CA bundle that signs the Redis server certificate (rediss://)"
+    )
+    redis_cert_file: Path | None = Field(
+        default=None, description="client certificate, when Redis asks for mutual TLS"
+    )
+    redis_key_file: Path | None = Field(
+        default=None, description="client certificate's key, when Redis asks for mutual TLS"
+    )
+    redis_tls_verify: bool = Field(
+        default=True,
+        description="check the Redis certificate; off only for a self-signed test server",
+    )
+    model: Path | None = Field(
+        default=None, description="a .keras file to use instead of the registry's production model"
+    )
+    models_dir: Path = Field(
+        default=Path("models"), description="where the model registry keeps versioned model files"
+    )
+    # NoDecode: the env value reaches _split_roots as text instead of failing JSON parsing.
+    store_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="roots workers may read from (:-separated); empty: any scanned root",
+    )
+    # Big enough to amortise task overhead, small enough to redeliver cheaply after a worker
+    # dies.
+    batch_size: int = Field(default=256, description="images per queued batch task")
+    predict_batch_size: int | None = Field(
+        default=None, description="images per model call; unset: picked for the device"
+    )
+    # Must be longer than the slowest batch (256 images on a slow CPU take well under a
+    # minute).
+    visibility_timeout: int = Field(
+        default=600, description="seconds before an unacknowledged batch is redelivered"
+    )
+    queue_high_water: int = Field(
+        default=64, description="the producer waits while more batches than this are queued"
+    )
+    confidence_threshold: float | None = Field(
+        default=None, description="below this top-class probability the label is 'uncertain'"
+    )
+    max_image_pixels: int = Field(
+        default=100_000_000, description="larger images are refused (decompression bombs)"
+    )
+    max_file_bytes: int = Field(
+        default=200 * 1024 * 1024, description="files larger than this many bytes are refused"
+    )
+    # Default: the CPUs this process may use, at least 4 (decoding releases the GIL, and a
+    # GPU outruns 4 threads).
+    decode_threads: int | None = Field(
+        default=None,
+        description="threads decoding images per worker; unset: usable CPUs, at least 4",
+    )
+    # Also how many times a batch may stop its worker (crash, kill) before it is given up.
+    max_retries: int = Field(
+        default=5, description="retries of a failing batch before its images are recorded as failed"
+    )
+    # It widens the window in which a kill or a restart hits a batch in flight.
+    batch_delay_s: float = Field(
+        default=0.0,
+        description="seconds a batch task sleeps before and after its work (tests, demos)",
+    )
+    runtime: Literal["auto", "tensorflow", "tflite"] = Field(
+        default="auto",
+        description="inference kernels: tflite (XNNPACK, CPUs), tensorflow, or auto "
+        "(tflite without a GPU)",
+    )
+    mixed_precision: bool = Field(default=False, description="float16 mixed precision on a GPU")
+    gpu_memory_limit_mb: int | None = Field(
+        default=None, description="cap on one worker's GPU memory in MiB; unset: grow as needed"
+    )
+    flower_basic_auth: SecretStr | None = Field(
+        default=None, description="Flower's login, user:password (several separated by commas)"
+    )
+    flower_db: Path | None = Field(
+        default=None, description="Flower's state file, to keep task history across restarts"
+    )
 
     @field_validator(
         "model", "predict_batch_size", "confidence_threshold", "gpu_memory_limit_mb", mode="before"

@@ -83,6 +83,22 @@ def test_classify_csv_and_export_share_columns(runner, photo_dir, tiny_model):
     assert sorted(map(str, a)) == sorted(map(str, b))
 
 
+def test_export_prints_the_same_rows_in_every_format(runner, photo_dir, tiny_model):
+    """The shared --format: csv, jsonl and json carry the same rows; table shows them all."""
+    classified = runner.invoke(main, ["classify", str(photo_dir), "--model", str(tiny_model)])
+    assert classified.exit_code == 0, classified.output
+    as_csv = list(csv.DictReader(io.StringIO(runner.invoke(main, ["export"]).stdout)))
+    as_jsonl = [
+        json.loads(x)
+        for x in runner.invoke(main, ["export", "--format", "jsonl"]).stdout.splitlines()
+    ]
+    as_json = json.loads(runner.invoke(main, ["export", "--format", "json"]).stdout)
+    assert as_json == as_jsonl and len(as_json) == len(as_csv) == 8
+    assert {r["path"] for r in as_csv} == {r["path"] for r in as_json}
+    table = runner.invoke(main, ["export", "--format", "table"]).stdout
+    assert all(Path(r["path"]).name in table for r in as_json)
+
+
 def test_export_details_add_probabilities_and_what_was_read(runner, photo_dir, tiny_model):
     """--details adds every class's probability, pixel size, file hash and labeling time."""
     import hashlib
@@ -108,9 +124,10 @@ def test_export_details_add_probabilities_and_what_was_read(runner, photo_dir, t
 
 
 def test_classify_on_a_missing_path_says_so(runner, tmp_path):
-    """A path that does not exist is a clear error, exit code 2."""
+    """A path that does not exist is a usage error naming it, exit code 2."""
     result = runner.invoke(main, ["classify", str(tmp_path / "nope")])
-    assert result.exit_code == 2 and "path not found" in result.stderr
+    assert result.exit_code == 2 and "does not exist" in result.stderr
+    assert str(tmp_path / "nope") in result.stderr
 
 
 def test_classify_on_an_empty_folder_says_so(runner, tmp_path, tiny_model):
@@ -123,16 +140,17 @@ def test_classify_on_an_empty_folder_says_so(runner, tmp_path, tiny_model):
 def test_classify_without_any_model_explains_how_to_get_one(
     runner, photo_dir, monkeypatch, tmp_path
 ):
-    """With no bundled model and none registered, the message names the way out."""
+    """With no bundled model and none registered, the message names the way out (a runtime
+    failure: exit code 1)."""
     monkeypatch.setattr("catdog.db.registry.BUNDLED_MODEL", tmp_path / "absent.keras")
     result = runner.invoke(main, ["classify", str(photo_dir)])
-    assert result.exit_code == 2 and "catdog train" in result.stderr
+    assert result.exit_code == 1 and "catdog train" in result.stderr
 
 
 def test_scan_without_a_broker_points_to_classify(runner, photo_dir):
-    """scan needs a broker; the error says what to do instead."""
+    """scan needs a broker; the error says what to do instead (a runtime failure: exit 1)."""
     result = runner.invoke(main, ["scan", str(photo_dir)])
-    assert result.exit_code == 2 and "catdog classify" in result.stderr
+    assert result.exit_code == 1 and "catdog classify" in result.stderr
 
 
 def test_the_installed_command_runs_classify_end_to_end(photo_dir, tiny_model, tmp_path):

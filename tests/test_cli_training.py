@@ -46,16 +46,20 @@ def test_train_writes_a_model_and_prints_its_validation_accuracy(
 def test_bad_data_folders_fail_with_a_clear_message(
     tmp_path: Path, command: str, tiny_run: Any
 ) -> None:
-    """A missing folder and a one-class folder are errors with a reason, not tracebacks."""
+    """A missing folder is a usage error (exit 2), a one-class folder a runtime failure
+    (exit 1); both say why, neither is a traceback."""
     one_class = make_dataset(tmp_path / "one", per_class=2, classes=("cat",))
-    for data, reason in ((tmp_path / "missing", "not found"), (one_class, "one class")):
+    for data, reason, code in (
+        (tmp_path / "missing", "does not exist", 2),
+        (one_class, "one class", 1),
+    ):
         args = {
             "train": ["train", "--data", str(data), "--arch", "tiny"],
             "evaluate": ["evaluate", "--data", str(data), "--model", str(tiny_run.model_file)],
             "explore": ["explore", str(data), "--out", str(tmp_path / "x")],
         }[command]
         result = invoke(*args)
-        assert result.exit_code != 0
+        assert result.exit_code == code, result.output
         assert reason in result.output
 
 

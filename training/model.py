@@ -1,5 +1,8 @@
 """``make_model(...)``: the classifiers catdog trains, and ``save_model`` with its sidecar.
 
+The architectures are listed in ``catdog.training.archs.ARCHS``; each names one of the
+builder functions below (``tiny``, ``scratch``, ``lite0``).
+
 Every model maps float RGB images (0..255, shape ``(H, W, 3)``) to softmax probabilities
 over the classes. Rescaling and augmentation are layers inside the model, so inference
 reuses training's preprocessing exactly, and the saved ``.keras`` file loads with
@@ -11,6 +14,7 @@ runs the augmentation layers, whose Keras default is to be active.
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -20,10 +24,10 @@ from typing import Any
 import keras
 from keras import layers
 
-#: Architectures ``make_model`` builds.
-ARCHS = ("tiny", "scratch", "lite0")
-#: Square input side used when the caller gives none: small enough for a 2-core CPU.
-DEFAULT_INPUT_SIZE = {"tiny": 32, "scratch": 96, "lite0": 224}
+from catdog.training.archs import ARCHS, get_arch
+
+#: Square input side used when the caller gives none (a view of ``ARCHS``).
+DEFAULT_INPUT_SIZE = {a.name: a.input_size for a in ARCHS.values()}
 #: Filters of the scratch CNN's stem and of its conv blocks (each block halves the map).
 SCRATCH_WIDTHS = (32, 64, 128, 256)
 #: How the images reaching a model were prepared (recorded in every model's metadata).
@@ -54,7 +58,10 @@ def _conv_bn_relu(x: Any, filters: int, stride: int = 1, name: str = "") -> Any:
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
-def _scratch(inputs: Any, num_classes: int, widths: Sequence[int], dropout: float) -> Any:
+def scratch(
+    inputs: Any, num_classes: int, *, widths: Sequence[int] = SCRATCH_WIDTHS, dropout: float = 0.3
+) -> Any:
+    """The from-scratch CNN: rescaling, a strided stem, residual conv blocks, softmax."""
     # The keras-io tutorial's shape, sized for a CPU: a strided stem, then blocks of two
     # 3x3 convs with a strided 1x1 shortcut around them and max pooling, then global
     # pooling and dropout.
@@ -77,7 +84,8 @@ def _scratch(inputs: Any, num_classes: int, widths: Sequence[int], dropout: floa
     return layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
 
 
-def _tiny(inputs: Any, num_classes: int) -> Any:
+def tiny(inputs: Any, num_classes: int) -> Any:
+    """Two strided convs and a softmax: a model that trains in seconds, for tests."""
     x = layers.Rescaling(1.0 / 255, name="rescaling")(inputs)
     x = layers.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="conv1")(x)
     x = layers.Conv2D(32, 3, strides=2, padding="same", activation="relu", name="conv2")(x)
@@ -102,6 +110,29 @@ def _lite0_backbone(input_shape: tuple[int, int, int], weights: str | None) -> k
     return imagenet_backbone(input_shape)
 
 
+def lite0(
+    inputs: Any,
+    num_classes: int,
+    *,
+    input_shape: tuple[int, int, int],
+    weights: str | None = "imagenet",
+    dropout: float = 0.3,
+) -> Any:
+    """EfficientNet-Lite0 (a layer named ``backbone``, so trainers can freeze it), dropout
+    and a softmax head."""
+    backbone = _lite0_backbone(input_shape, weights)
+    backbone.name = "backbone"
+    x = backbone(inputs)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    return layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
+
+
+def _options(builder: Any, options: dict[str, Any]) -> dict[str, Any]:
+    # Each builder takes the options it uses; make_model offers them all.
+    accepted = inspect.signature(builder).parameters
+    return {k: v for k, v in options.items() if k in accepted}
+
+
 def make_model(
     arch: str,
     input_shape: tuple[int, int, int],
@@ -113,31 +144,25 @@ def make_model(
     weights: str | None = "imagenet",
     seed: int | None = None,
 ) -> keras.Model:
-    """Build an uncompiled classifier of architecture ``arch`` (see ``ARCHS``).
+    """Build an uncompiled classifier of architecture ``arch`` (a name in ``ARCHS``).
 
-    ``augment`` defaults to on, except for ``tiny`` (a few-second model for tests).
-    ``widths`` sizes the ``scratch`` CNN; ``weights`` is ``"imagenet"`` or None for
-    ``lite0``, whose backbone layer is named ``backbone`` so callers can freeze it.
+    ``augment`` defaults to the architecture's own setting (off for ``tiny``). ``widths``
+    sizes the ``scratch`` CNN; ``weights`` is ``"imagenet"`` or None for ``lite0``.
     """
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}: choose one of {', '.join(ARCHS)}")
+    spec = get_arch(arch)
+    builder = spec.build_fn()
     num_classes = max(2, int(num_classes))
     if augment is None:
-        augment = arch != "tiny"
+        augment = spec.augment
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = augmentation(seed)(inputs) if augment else inputs
-    if arch == "tiny":
-        outputs = _tiny(x, num_classes)
-    elif arch == "scratch":
-        outputs = _scratch(x, num_classes, widths, dropout)
-    else:
-        backbone = _lite0_backbone(tuple(input_shape), weights)  # type: ignore[arg-type]
-        backbone.name = "backbone"
-        x = backbone(x)
-        x = layers.Dropout(dropout, name="dropout")(x)
-        outputs = layers.Dense(
-            num_classes, activation="softmax", dtype="float32", name="predictions"
-        )(x)
+    options = {
+        "input_shape": tuple(input_shape),
+        "dropout": dropout,
+        "widths": widths,
+        "weights": weights,
+    }
+    outputs = builder(x, num_classes, **_options(builder, options))
     return keras.Model(inputs, outputs, name=f"catdog_{arch}")
 
 

@@ -61,7 +61,7 @@ def starting_point(session: Any, settings: Settings, arch: str | None) -> tuple[
         current = registry.current_version(session, settings)
     except registry.ModelNotFound as exc:
         raise ValueError(f"no current model to continue from ({exc}): pass --arch") from exc
-    from catdog.training.model import ARCHS  # keras: only once a job runs
+    from catdog.training.archs import ARCHS
 
     arch = registry.read_metadata(Path(current.file)).get("arch")
     if arch not in ARCHS:

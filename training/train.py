@@ -16,17 +16,17 @@ import keras
 from rich.console import Console
 
 from catdog.training import datasets
+from catdog.training.archs import ARCHS
 from catdog.training.artifacts import TrainResult, finish_run
 from catdog.training.evaluate import HEADLINE_METRICS, compute_metrics, predict
-from catdog.training.model import ARCHS, DEFAULT_INPUT_SIZE, SCRATCH_WIDTHS, make_model, save_model
+from catdog.training.model import DEFAULT_INPUT_SIZE, SCRATCH_WIDTHS, make_model, save_model
 from catdog.training.progress import EpochProgress, ProgressFn
 
-#: Epochs when the caller gives none; early stopping usually ends scratch runs sooner.
-DEFAULT_EPOCHS = {"tiny": 2, "scratch": 16, "lite0": 8}
-#: Batch sizes that keep a 2-core CPU busy without starving BatchNorm statistics.
-DEFAULT_BATCH_SIZE = {"tiny": 8, "scratch": 64, "lite0": 32}
-#: Peak learning rates (AdamW, reached after one warm-up epoch, then cosine decay).
-DEFAULT_LEARNING_RATE = {"tiny": 1e-2, "scratch": 2e-3, "lite0": 1e-3}
+#: Epochs, batch sizes and peak learning rates when the caller gives none: views of the
+#: architecture table (catdog.training.archs), where each architecture sets its own.
+DEFAULT_EPOCHS = {a.name: a.epochs for a in ARCHS.values()}
+DEFAULT_BATCH_SIZE = {a.name: a.batch_size for a in ARCHS.values()}
+DEFAULT_LEARNING_RATE = {a.name: a.learning_rate for a in ARCHS.values()}
 #: Epochs without a better validation loss before training stops.
 EARLY_STOPPING_PATIENCE = 4
 #: Early stopping watches only the second half of the epochs: while the cosine schedule's
@@ -117,7 +117,7 @@ def _fit_phases(
     common: dict[str, Any],
 ) -> dict[str, list[float]]:
     """One phase for CNNs; for lite0 the head on a frozen backbone, then the top blocks too."""
-    if arch != "lite0":
+    if ARCHS[arch].trainer != "transfer":
         return _fit(
             model,
             train_ds,
@@ -195,7 +195,7 @@ def train(
     if initial_model is not None:
         start = keras.saving.load_model(Path(initial_model), safe_mode=True, compile=False)
         input_size = int(start.input_shape[1])
-    elif arch == "lite0":
+    elif ARCHS[arch].trainer == "transfer":
         from catdog.training.train_lite0 import train_cached_lite0
 
         cached = train_cached_lite0(data_dir, out_dir, epochs, input_size, seed, progress, report)

@@ -3,22 +3,58 @@
 Each group of commands lives in its own module and registers itself here; heavy imports
 (TensorFlow above all) happen inside the commands, so ``catdog --help`` stays instant and no
 process that forks has TensorFlow loaded.
+
+Exit codes are click's, the same for every command: 2 for a usage error (``UsageError``,
+``BadParameter``), 1 for a failure while running (``ClickException``). Library code raises
+its own exceptions; only this package turns them into exits.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import click
 
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 from catdog import __version__
 from catdog.quiet import quiet_tensorflow_import
+from catdog.settings import SecretFileError
 
 # TensorFlow's start-up chatter is noise on a command line; real errors still show.
 quiet_tensorflow_import()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class CatdogGroup(click.Group):
+    """The ``catdog`` group: settings that cannot be read fail any command with exit 1."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        from pydantic import ValidationError
+
+        try:
+            return super().invoke(ctx)
+        except SecretFileError as exc:
+            raise click.ClickException(str(exc)) from exc
+        except ValidationError as exc:
+            if exc.title != "Settings":
+                raise
+            raise click.ClickException(settings_error(exc)) from exc
+
+
+def settings_error(exc: ValidationError) -> str:
+    """Which ``CATDOG_*`` variables are wrong and why, without echoing their values."""
+    from catdog.cli.settings import env_name
+
+    wrong = [
+        f"{env_name(str(e['loc'][0])) if e['loc'] else 'settings'}: {e['msg']}"
+        for e in exc.errors(include_input=False, include_url=False)
+    ]
+    return "invalid settings: " + "; ".join(wrong)
+
+
+@click.group(cls=CatdogGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="catdog")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(verbose: int) -> None:
@@ -28,9 +64,9 @@ def main(verbose: int) -> None:
 
 
 def _register() -> None:
-    from catdog.cli import ops, pipeline, training
+    from catdog.cli import ops, pipeline, settings, training
 
-    for module in (pipeline, training, ops):
+    for module in (pipeline, training, ops, settings):
         module.register(main)
 
 

@@ -1,4 +1,9 @@
-"""Commands of the labeling pipeline: classify, scan, worker, status, export, db."""
+"""Commands of the labeling pipeline: classify, scan, worker, status, export, db.
+
+Errors follow click's codes: a bad command line (an unknown option, a path that does not
+exist) is a ``UsageError`` and exits 2; a failure while running (no model, no broker, no
+images) is a ``ClickException`` and exits 1.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,11 @@ from pathlib import Path
 
 import click
 
+from catdog.cli.options import output_options
 from catdog.settings import Settings, get_settings
+
+#: What a command that needs the broker says in embedded mode.
+NO_BROKER = "CATDOG_BROKER_URL is not set"
 
 
 def _database(settings: Settings):  # type: ignore[no-untyped-def]
@@ -21,15 +30,15 @@ def _database(settings: Settings):  # type: ignore[no-untyped-def]
     return engine, session_factory(engine)
 
 
-def _fail(message: str, code: int = 2) -> None:
-    click.echo(f"catdog: {message}", err=True)
-    sys.exit(code)
-
-
 @click.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--model", "model_file", type=click.Path(path_type=Path), help="A .keras model.")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "jsonl"]), default="table")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--model",
+    "model_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A .keras model (default: CATDOG_MODEL, else the production model).",
+)
+@output_options()
 @click.option("--threshold", type=float, help="Below this confidence the label is 'uncertain'.")
 def classify(
     paths: tuple[Path, ...], model_file: Path | None, fmt: str, threshold: float | None
@@ -43,13 +52,8 @@ def classify(
     from catdog.stores import LocalStore
     from catdog.workers.inference import InferenceContext, StartedBatch, finish_batch, start_batch
 
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        _fail(f"path not found: {', '.join(missing)}")
     updates: dict[str, object] = {}
     if model_file is not None:
-        if not model_file.is_file():
-            _fail(f"model file not found: {model_file}")
         updates["model"] = model_file
     if threshold is not None:
         updates["confidence_threshold"] = threshold
@@ -60,7 +64,7 @@ def classify(
             version = current_version(session, settings)
             version_id = version.id
     except ModelNotFound as exc:
-        _fail(str(exc))
+        raise click.ClickException(str(exc)) from exc
     ctx = InferenceContext.create(settings)
     with ctx.sessions.begin() as session:
         ctx.current_model(session)  # load before the run's clock starts
@@ -82,7 +86,7 @@ def classify(
         for batch in pending:
             bar.advance(task, finish_batch(ctx, batch).images)
     if summary.files_seen == 0:
-        _fail("no images found under " + ", ".join(str(p) for p in paths), code=1)
+        raise click.ClickException("no images found under " + ", ".join(map(str, paths)))
     with sessions() as session:
         rows = rows_for(session, summary.image_ids, version_id)
     write_rows(rows, fmt)
@@ -90,7 +94,7 @@ def classify(
 
 
 @click.command("scan")
-@click.argument("root", type=click.Path(path_type=Path))
+@click.argument("root", type=click.Path(exists=True, path_type=Path))
 @click.option("--wait", is_flag=True, help="Show progress and return when the run is done.")
 @click.option("--relabel", is_flag=True, help="Re-label images labeled by an older model.")
 @click.option("--retry-failed", is_flag=True, help="Queue images that failed before again.")
@@ -105,9 +109,9 @@ def scan_cmd(root: Path, wait: bool, relabel: bool, retry_failed: bool) -> None:
 
     settings = get_settings()
     if settings.embedded:
-        _fail("CATDOG_BROKER_URL is not set: start Redis and workers, or use `catdog classify`")
-    if not root.exists():
-        _fail(f"path not found: {root}")
+        raise click.ClickException(
+            f"{NO_BROKER}: start Redis and workers, or use `catdog classify`"
+        )
     _, sessions = _database(settings)
     store = LocalStore(root)
     queue = BrokerQueue(make_celery(settings), store.root)
@@ -128,8 +132,8 @@ def scan_cmd(root: Path, wait: bool, relabel: bool, retry_failed: bool) -> None:
     if wait:
         from catdog.ops.status import wait_for_run
 
-        ok = wait_for_run(sessions, summary.run_id)
-        sys.exit(0 if ok else 1)
+        if not wait_for_run(sessions, summary.run_id):
+            raise click.ClickException(f"run {summary.run_id} did not finish")
 
 
 @click.command()
@@ -157,14 +161,23 @@ def scan_cmd(root: Path, wait: bool, relabel: bool, retry_failed: bool) -> None:
 @click.option(
     "--hostname", "-n", default=None, help="Worker node name (default catdog-QUEUES@host)."
 )
-@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@click.option(
+    "--loglevel",
+    "-l",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+    help="Celery's log level.",
+)
 def worker(
     queues: str, concurrency: int, pool: str | None, hostname: str | None, loglevel: str
 ) -> None:
     """Start a Celery worker for the inference or training queue."""
     settings = get_settings()
     if settings.embedded:
-        _fail("CATDOG_BROKER_URL is not set: a worker needs a broker (e.g. redis://host:6379/0)")
+        raise click.ClickException(
+            f"{NO_BROKER}: a worker needs a broker (e.g. redis://host:6379/0)"
+        )
     from catdog.workers.app import app
 
     if "training" in queues.split(","):
@@ -194,20 +207,31 @@ def worker(
 @click.command()
 @click.argument("run_id", required=False, type=int)
 @click.option("--watch", is_flag=True, help="Refresh until the run(s) are done.")
-@click.option("--limit", default=10, show_default=True, help="Runs to show.")
+@click.option(
+    "--limit", type=click.IntRange(1), default=10, show_default=True, help="Runs to show."
+)
 def status(run_id: int | None, watch: bool, limit: int) -> None:
     """Progress of scan runs: done, failed, pending, rate and ETA."""
+    from catdog.db.models import ScanRun
     from catdog.ops.status import show_status, wait_for_run
 
     _, sessions = _database(get_settings())
-    if watch and run_id is not None:
-        sys.exit(0 if wait_for_run(sessions, run_id) else 1)
+    if run_id is not None:
+        with sessions() as session:
+            if session.get(ScanRun, run_id) is None:
+                raise click.ClickException(f"no run {run_id}")
+        if watch:
+            if not wait_for_run(sessions, run_id):
+                raise click.ClickException(f"run {run_id} did not finish")
+            return
     show_status(sessions, run_id, limit, watch)
 
 
 @click.command()
-@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv")
-@click.option("--out", type=click.Path(path_type=Path), help="File to write (default stdout).")
+@output_options(default="csv")
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), help="File to write (default stdout)."
+)
 @click.option(
     "--details",
     is_flag=True,
@@ -223,7 +247,11 @@ def export(fmt: str, out: Path | None, details: bool) -> None:
         if out is None:
             n = write_rows(all_rows(session), fmt, details=details)
         else:
-            with out.open("w", newline="", encoding="utf-8") as fh:
+            try:
+                fh = out.open("w", newline="", encoding="utf-8")
+            except OSError as exc:
+                raise click.ClickException(f"cannot write {out}: {exc.strerror}") from exc
+            with fh:
                 n = write_rows(all_rows(session), fmt, fh, details=details)
     click.echo(f"exported {n} rows" + (f" to {out}" if out else ""), err=True)
 

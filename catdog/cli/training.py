@@ -12,9 +12,13 @@ from typing import Any
 
 import click
 
+from catdog.training.archs import ARCHS
+
 #: Seconds between polls of a queued training job's state (``retrain --wait``).
 POLL_SECONDS = 2.0
-ARCH_CHOICE = click.Choice(["scratch", "lite0", "tiny"])
+#: ``--arch``: the names and one-line descriptions of the architecture table (no Keras).
+ARCH_CHOICE = click.Choice(list(ARCHS))
+ARCH_HELP = "; ".join(f"{a.name}: {a.description}" for a in ARCHS.values())
 
 
 def _fail(exc: Exception) -> click.ClickException:
@@ -39,7 +43,7 @@ def _session() -> Any:
 
 
 @click.command()
-@click.argument("data", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
     "--out",
     "out_dir",
@@ -69,11 +73,11 @@ def explore(data: Path, out_dir: Path, sample: int | None) -> None:
 @click.command()
 @click.option(
     "--data",
-    type=click.Path(path_type=Path),
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
     required=True,
     help="Labeled images: class folders or cat.N.jpg names.",
 )
-@click.option("--arch", type=ARCH_CHOICE, default="scratch", show_default=True)
+@click.option("--arch", type=ARCH_CHOICE, default="scratch", show_default=True, help=ARCH_HELP)
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Default: per arch.")
 @click.option(
     "--input-size",
@@ -81,7 +85,7 @@ def explore(data: Path, out_dir: Path, sample: int | None) -> None:
     default=None,
     help="Square input side in pixels (default: per arch).",
 )
-@click.option("--batch-size", type=click.IntRange(1), default=None)
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="Default: per arch.")
 @click.option(
     "--widths", default=None, help="scratch only: stem and block filters, e.g. 32,64,128."
 )
@@ -92,7 +96,9 @@ def explore(data: Path, out_dir: Path, sample: int | None) -> None:
     default=None,
     help="Output folder (default: runs/ARCH).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seeds the split and the weights."
+)
 @click.option(
     "--learning-rate",
     type=click.FloatRange(0, min_open=True),
@@ -102,7 +108,7 @@ def explore(data: Path, out_dir: Path, sample: int | None) -> None:
 @click.option(
     "--init",
     "initial_model",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
     help="Continue from this .keras model's weights (same classes).",
 )
@@ -124,10 +130,13 @@ def train(
     from catdog.training.datasets import discover
 
     try:
-        discover(data)  # fail on bad data before TensorFlow loads
-        if initial_model is not None and not initial_model.is_file():
-            raise FileNotFoundError(f"model file not found: {initial_model}")
         parsed = tuple(int(w) for w in widths.split(",")) if widths else None
+    except ValueError as exc:
+        raise click.BadParameter(
+            "filters as integers, e.g. 32,64,128", param_hint="--widths"
+        ) from exc
+    try:
+        discover(data)  # fail on bad data before TensorFlow loads
     except _user_errors() as exc:
         raise _fail(exc) from exc
     from catdog.training.train import train as run
@@ -198,16 +207,26 @@ def format_metrics(metrics: dict[str, Any]) -> str:
 
 
 @click.command()
-@click.option("--data", type=click.Path(path_type=Path), required=True)
+@click.option(
+    "--data",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    required=True,
+    help="Labeled images: class folders or cat.N.jpg names.",
+)
 @click.option(
     "--model",
     "model_file",
-    type=click.Path(path_type=Path),
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
     help="A .keras file (default: CATDOG_MODEL, else the production model).",
 )
 @click.option(
-    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Metrics as aligned text or as one JSON object.",
 )
 @click.option(
     "--threshold",
@@ -244,11 +263,15 @@ def evaluate(data: Path, model_file: Path | None, fmt: str, threshold: float | N
     type=ARCH_CHOICE,
     default=None,
     help="Train a new model of this architecture. Default: continue from the production "
-    "model's weights on the data (same architecture, input size and classes).",
+    f"model's weights on the data (same architecture, input size and classes). {ARCH_HELP}",
 )
-@click.option("--epochs", type=click.IntRange(1), default=None)
-@click.option("--input-size", type=click.IntRange(16), default=None)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Default: per arch.")
+@click.option(
+    "--input-size", type=click.IntRange(16), default=None, help="Square input side in pixels."
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seeds the split and the weights."
+)
 @click.option("--force", is_flag=True, help="Promote the new model even if it is not better.")
 @click.option("--wait", is_flag=True, help="Show the job's progress and wait for its result.")
 def retrain(

@@ -1,22 +1,35 @@
-"""Result rows as users see them: the same columns for ``classify`` and ``export``."""
+"""Rows as users see them: one table of output formats, and the result columns that
+``classify`` and ``export`` share.
+
+Adding an output format is one writer function and one entry in ``WRITERS``; every command
+that prints rows offers it through ``--format`` (``catdog.cli.options.output_options``). The
+CSV and JSON Lines writers are a few lines of the standard library on purpose: they stream
+millions of rows without holding them.
+
+The database is imported inside the functions that read it, so the command line can read
+``FORMATS`` without loading SQLAlchemy.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
-from catdog.db.models import Image, ModelVersion, Prediction
-from catdog.db.queries import IN_CHUNK, latest_predictions
+    from catdog.db.models import Image, Prediction
 
-#: Column order of every table, CSV and JSONL output.
+#: A writer prints records (mappings of column to value; a missing key is an empty cell)
+#: under ``columns`` to ``out`` and returns how many it wrote.
+Writer = Callable[[Iterable[Mapping[str, object]], Sequence[str], IO[str]], int]
+
+#: Column order of every table, CSV and JSONL output of results.
 COLUMNS = ("path", "label", "confidence", "error", "model_version")
 #: Further columns of ``export --details``: what the worker read, and when.
 DETAIL_COLUMNS = ("probabilities", "width", "height", "sha256", "labeled_at")
@@ -63,14 +76,107 @@ def _cell(value: object) -> object:
     return value
 
 
+def write_csv(records: Iterable[Mapping[str, object]], columns: Sequence[str], out: IO[str]) -> int:
+    """A header line, then one line per record; mappings as JSON text."""
+    w = csv.writer(out)
+    w.writerow(columns)
+    n = 0
+    for rec in records:
+        w.writerow([_cell(rec.get(c)) for c in columns])
+        n += 1
+    return n
+
+
+def write_jsonl(
+    records: Iterable[Mapping[str, object]], columns: Sequence[str], out: IO[str]
+) -> int:
+    """One JSON object per line, with the record's keys among ``columns``."""
+    n = 0
+    for rec in records:
+        out.write(json.dumps({c: rec[c] for c in columns if c in rec}, ensure_ascii=False) + "\n")
+        n += 1
+    return n
+
+
+def write_json(
+    records: Iterable[Mapping[str, object]], columns: Sequence[str], out: IO[str]
+) -> int:
+    """One JSON array of objects (for small outputs; jsonl streams)."""
+    items = [{c: rec[c] for c in columns if c in rec} for rec in records]
+    out.write(json.dumps(items, ensure_ascii=False, indent=2) + "\n")
+    return len(items)
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def write_table(
+    records: Iterable[Mapping[str, object]], columns: Sequence[str], out: IO[str]
+) -> int:
+    """An aligned table for people; a record with an ``error`` shows in red."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(*columns)
+    n = 0
+    for rec in records:
+        # Text, not markup: a file named "[red]x.jpg" is shown as it is.
+        table.add_row(
+            *(Text(_text(rec.get(c))) for c in columns), style="red" if rec.get("error") else None
+        )
+        n += 1
+    Console(file=out, width=None if out.isatty() else 200).print(table)
+    return n
+
+
+#: Every output format, by the name ``--format`` takes; the first is the default for people.
+WRITERS: dict[str, Writer] = {
+    "table": write_table,
+    "csv": write_csv,
+    "jsonl": write_jsonl,
+    "json": write_json,
+}
+#: The ``--format`` vocabulary.
+FORMATS = tuple(WRITERS)
+
+
+def write_records(
+    records: Iterable[Mapping[str, object]],
+    columns: Sequence[str],
+    fmt: str,
+    out: IO[str] | None = None,
+) -> int:
+    """Write ``records`` in format ``fmt`` (a name in ``WRITERS``); return how many."""
+    try:
+        writer = WRITERS[fmt]
+    except KeyError:
+        raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}") from None
+    return writer(records, columns, out or sys.stdout)
+
+
 def all_rows(session: Session) -> Iterable[Row]:
     """Latest result of every image in the database."""
+    from catdog.db.queries import latest_predictions
+
     for image, pred, version in session.execute(latest_predictions(session)):
         yield _row(image, pred, version)
 
 
 def rows_for(session: Session, image_ids: list[int], model_version_id: int) -> list[Row]:
     """Results of ``image_ids`` by one model version, in path order."""
+    from sqlalchemy import select
+
+    from catdog.db.models import Image, ModelVersion, Prediction
+    from catdog.db.queries import IN_CHUNK
+
     rows: list[Row] = []
     for start in range(0, len(image_ids), IN_CHUNK):
         chunk = image_ids[start : start + IN_CHUNK]
@@ -84,37 +190,18 @@ def rows_for(session: Session, image_ids: list[int], model_version_id: int) -> l
     return sorted(rows, key=lambda r: r.path)
 
 
+def record(row: Row, columns: Sequence[str]) -> dict[str, object]:
+    """``row``'s values under ``columns``; ``error`` only when there is one."""
+    rec = {c: getattr(row, c) for c in columns}
+    if rec.get("error", "") is None:
+        del rec["error"]
+    return rec
+
+
 def write_rows(
     rows: Iterable[Row], fmt: str, out: IO[str] | None = None, details: bool = False
 ) -> int:
-    """Write rows as table, csv or jsonl; return how many. ``details`` adds DETAIL_COLUMNS
-    (csv and jsonl)."""
-    out = out or sys.stdout
+    """Write result rows in format ``fmt``; return how many. ``details`` adds
+    ``DETAIL_COLUMNS``."""
     columns = COLUMNS + DETAIL_COLUMNS if details else COLUMNS
-    n = 0
-    if fmt == "jsonl":
-        for r in rows:
-            d = {c: getattr(r, c) for c in columns}
-            if d["error"] is None:
-                del d["error"]
-            out.write(json.dumps(d, ensure_ascii=False) + "\n")
-            n += 1
-    elif fmt == "csv":
-        w = csv.writer(out)
-        w.writerow(columns)
-        for r in rows:
-            w.writerow([_cell(getattr(r, c)) for c in columns])
-            n += 1
-    else:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(*COLUMNS)
-        for r in rows:
-            conf = "" if r.confidence is None else f"{r.confidence:.3f}"
-            table.add_row(
-                r.path, r.label or "[red]failed[/red]", conf, r.error or "", r.model_version
-            )
-            n += 1
-        Console(file=out, width=200 if not out.isatty() else None).print(table)
-    return n
+    return write_records((record(r, columns) for r in rows), columns, fmt, out)
