@@ -162,7 +162,9 @@ def test_library_code_never_calls_sys_exit() -> None:
     assert offenders == []
 
 
-@pytest.mark.parametrize("path", [("classify",), ("export",), ("settings",)], ids=" ".join)
+@pytest.mark.parametrize(
+    "path", [("classify",), ("export",), ("settings",), ("models", "list")], ids=" ".join
+)
 def test_every_command_that_prints_rows_offers_every_output_format(path: tuple[str, ...]) -> None:
     """One --format vocabulary: the table of writers, the same on each command."""
     (fmt,) = [p for p in _command(path).params if p.name == "fmt"]

@@ -97,8 +97,9 @@ def test_models_list_and_promote_use_the_registry(
     promoted = invoke("models", "promote", str(tiny_run.model_file))
     assert promoted.exit_code == 0, promoted.output
     version = promoted.output.split(":")[-1].strip()
-    listed = invoke("models", "list").output
-    assert f"* {version}" in listed and "tiny" in listed
+    listed = json.loads(invoke("models", "list", "--format", "json").output)
+    assert [(m["version"], m["arch"], m["production"]) for m in listed] == [(version, "tiny", True)]
+    assert version in invoke("models", "list").output  # the table, for people
     unknown = invoke("models", "promote", "v-nope")
     assert unknown.exit_code != 0 and "unknown model version" in unknown.output
 

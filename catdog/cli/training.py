@@ -12,10 +12,14 @@ from typing import Any
 
 import click
 
+from catdog.cli.options import output_options
+from catdog.ops.output import write_records
 from catdog.training.archs import ARCHS
 
 #: Seconds between polls of a queued training job's state (``retrain --wait``).
 POLL_SECONDS = 2.0
+#: Columns of ``catdog models list``.
+MODEL_COLUMNS = ("production", "version", "arch", "accuracy", "created", "file")
 #: ``--arch``: the names and one-line descriptions of the architecture table (no Keras).
 ARCH_CHOICE = click.Choice(list(ARCHS))
 ARCH_HELP = "; ".join(f"{a.name}: {a.description}" for a in ARCHS.values())
@@ -352,23 +356,29 @@ def models(ctx: click.Context) -> None:
 
 
 @models.command("list")
-def list_models() -> None:
-    """List registered model versions; * marks production."""
+@output_options()
+def list_models(fmt: str) -> None:
+    """List registered model versions, oldest first, and which one is in production."""
     from sqlalchemy import select
 
     from catdog.db.models import ModelVersion
 
     with _session() as session:
         rows = session.scalars(select(ModelVersion).order_by(ModelVersion.created)).all()
-        if not rows:
-            click.echo("no registered models (catdog retrain, or catdog models promote)")
-        for row in rows:
-            acc = row.metrics.get("accuracy")
-            shown = f"{acc:.4f}" if isinstance(acc, float) else "-"
-            click.echo(
-                f"{'*' if row.is_production else ' '} {row.version:<28} {row.arch:<8} "
-                f"acc {shown:<7} {row.created:%Y-%m-%d %H:%M}  {row.file}"
-            )
+        records = [
+            {
+                "production": row.is_production,
+                "version": row.version,
+                "arch": row.arch,
+                "accuracy": row.metrics.get("accuracy"),
+                "created": f"{row.created:%Y-%m-%d %H:%M}",
+                "file": row.file,
+            }
+            for row in rows
+        ]
+    if not records:
+        click.echo("no registered models (catdog retrain, or catdog models promote)", err=True)
+    write_records(records, MODEL_COLUMNS, fmt)
 
 
 @models.command("promote")
