@@ -84,6 +84,7 @@ def test_an_unknown_option_is_a_usage_error_with_exit_code_2(path: tuple[str, ..
         ["explore", "{tmp}/missing"],
         ["export", "--format", "xml"],
         ["status", "--limit", "0"],
+        ["status", "1", "--watch", "--format", "csv"],
         ["settings", "--format", "xml"],
         ["models", "promote"],
     ],
@@ -163,7 +164,9 @@ def test_library_code_never_calls_sys_exit() -> None:
 
 
 @pytest.mark.parametrize(
-    "path", [("classify",), ("export",), ("settings",), ("models", "list")], ids=" ".join
+    "path",
+    [("classify",), ("export",), ("status",), ("settings",), ("models", "list")],
+    ids=" ".join,
 )
 def test_every_command_that_prints_rows_offers_every_output_format(path: tuple[str, ...]) -> None:
     """One --format vocabulary: the table of writers, the same on each command."""

@@ -123,6 +123,19 @@ def test_export_details_add_probabilities_and_what_was_read(runner, photo_dir, t
     assert csv_rows["broken.jpg"]["width"] == ""
 
 
+def test_status_prints_run_rows_in_the_shared_formats(runner, photo_dir, tiny_model):
+    """status --format jsonl: one object per run with its counts, as the database has them."""
+    assert (
+        runner.invoke(main, ["classify", str(photo_dir), "--model", str(tiny_model)]).exit_code == 0
+    )
+    result = runner.invoke(main, ["status", "--format", "jsonl"])
+    assert result.exit_code == 0, result.output
+    (run,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert (run["state"], run["done"], run["failed"], run["pending"]) == ("finished", 6, 2, 0)
+    one = runner.invoke(main, ["status", str(run["run"]), "--format", "csv"]).stdout
+    assert next(csv.DictReader(io.StringIO(one)))["done"] == "6"
+
+
 def test_classify_on_a_missing_path_says_so(runner, tmp_path):
     """A path that does not exist is a usage error naming it, exit code 2."""
     result = runner.invoke(main, ["classify", str(tmp_path / "nope")])

@@ -210,11 +210,17 @@ def worker(
 @click.option(
     "--limit", type=click.IntRange(1), default=10, show_default=True, help="Runs to show."
 )
-def status(run_id: int | None, watch: bool, limit: int) -> None:
+@output_options()
+def status(run_id: int | None, watch: bool, limit: int, fmt: str) -> None:
     """Progress of scan runs: done, failed, pending, rate and ETA."""
+    from sqlalchemy import select
+
     from catdog.db.models import ScanRun
+    from catdog.ops.output import RUN_COLUMNS, run_record, write_records
     from catdog.ops.status import show_status, wait_for_run
 
+    if watch and fmt != "table":
+        raise click.UsageError("--watch shows a live table: use it without --format")
     _, sessions = _database(get_settings())
     if run_id is not None:
         with sessions() as session:
@@ -224,6 +230,13 @@ def status(run_id: int | None, watch: bool, limit: int) -> None:
             if not wait_for_run(sessions, run_id):
                 raise click.ClickException(f"run {run_id} did not finish")
             return
+    if fmt != "table":
+        with sessions() as session:
+            stmt = select(ScanRun).order_by(ScanRun.id.desc()).limit(limit)
+            if run_id is not None:
+                stmt = select(ScanRun).where(ScanRun.id == run_id)
+            write_records(map(run_record, session.scalars(stmt)), RUN_COLUMNS, fmt)
+        return
     show_status(sessions, run_id, limit, watch)
 
 

@@ -23,7 +23,7 @@ from typing import IO, TYPE_CHECKING
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from catdog.db.models import Image, Prediction
+    from catdog.db.models import Image, Prediction, ScanRun
 
 #: A writer prints records (mappings of column to value; a missing key is an empty cell)
 #: under ``columns`` to ``out`` and returns how many it wrote.
@@ -33,6 +33,8 @@ Writer = Callable[[Iterable[Mapping[str, object]], Sequence[str], IO[str]], int]
 COLUMNS = ("path", "label", "confidence", "error", "model_version")
 #: Further columns of ``export --details``: what the worker read, and when.
 DETAIL_COLUMNS = ("probabilities", "width", "height", "sha256", "labeled_at")
+#: Columns of ``catdog status`` in csv and JSON (the table is ``catdog.ops.status``'s view).
+RUN_COLUMNS = ("run", "root", "state", "done", "failed", "pending", "skipped", "rate", "eta_s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +190,25 @@ def rows_for(session: Session, image_ids: list[int], model_version_id: int) -> l
         )
         rows.extend(_row(*r) for r in session.execute(stmt))
     return sorted(rows, key=lambda r: r.path)
+
+
+def run_record(run: ScanRun) -> dict[str, object]:
+    """One scan run's progress under ``RUN_COLUMNS`` (rate in images per second)."""
+    from catdog.ops.status import rate_and_eta
+
+    rate, eta = rate_and_eta(run)
+    state = "finished" if run.finished else ("labeling" if run.enqueued else "scanning")
+    return {
+        "run": run.id,
+        "root": run.root,
+        "state": state,
+        "done": run.done,
+        "failed": run.failed,
+        "pending": max(run.total - run.done - run.failed, 0),
+        "skipped": run.skipped,
+        "rate": round(rate, 2),
+        "eta_s": None if eta is None else round(eta),
+    }
 
 
 def record(row: Row, columns: Sequence[str]) -> dict[str, object]:
