@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 
+from catdog.messages import CLASSIFY_TASK, TRAIN_TASK, GuardedTask
 from catdog.settings import Settings
 
 if TYPE_CHECKING:
@@ -21,9 +22,6 @@ if TYPE_CHECKING:
 INFERENCE_QUEUE = "inference"
 #: Queue of training jobs (one training worker, one job at a time).
 TRAINING_QUEUE = "training"
-#: Task names: the contract between producers and workers (messages name them, not code).
-CLASSIFY_TASK = "catdog.classify_batch"
-TRAIN_TASK = "catdog.train"
 #: Modules a worker imports to register the tasks above (names, so nothing is imported here).
 INFERENCE_TASKS_MODULE = "catdog.workers.tasks"
 TRAINING_TASKS_MODULE = "catdog.training.tasks"
@@ -53,6 +51,8 @@ def make_celery(settings: Settings) -> Celery:
         broker=broker,
         backend=_backend_for(broker),
         include=[INFERENCE_TASKS_MODULE, TRAINING_TASKS_MODULE],
+        # Every task's messages are checked before Celery unpacks them (catdog.messages).
+        task_cls=GuardedTask,
     )
     app.conf.update(
         # Never pickle: a message is data, not code.

@@ -12,7 +12,7 @@ from kombu import Connection
 
 from catdog.broker import make_celery
 from catdog.settings import SecretFileError, Settings
-from conftest import make_image
+from helpers import make_image
 from runs import scan_held, wait_for_run
 from services import RedisServer
 
@@ -66,7 +66,7 @@ def test_pickled_and_malformed_messages_are_rejected_and_the_worker_keeps_workin
     broker = own_redis.client()
     assert broker.llen("inference") == 0 and broker.hlen("unacked") == 0
     log = worker.log.read_text()
-    assert "untrusted content" in log and "malformed batch message" in log
+    assert "is not application/json" in log and "expected two arguments" in log
 
 
 @pytest.mark.services

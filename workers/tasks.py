@@ -21,6 +21,7 @@ from celery.signals import task_received, worker_ready, worker_shutdown
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from catdog.broker import CLASSIFY_TASK, redis_client
+from catdog.messages import classify_args_problem
 from catdog.settings import get_settings
 from catdog.workers.app import app
 from catdog.workers.inference import InferenceContext, classify_batch
@@ -39,8 +40,6 @@ DB_RETRY_CAP_S = 60
 DB_RETRY_MAX = 1440
 #: Seconds before the first retry of a batch that raised; doubles with each attempt.
 ERROR_RETRY_BASE_S = 1
-#: Ids in one message above which it is refused as malformed (batches are a few hundred).
-MAX_IDS_PER_MESSAGE = 100_000
 
 _context: InferenceContext | None = None
 _starts: StartCounter | None = None
@@ -102,17 +101,15 @@ def _close_context(**_: Any) -> None:
 
 
 def checked_ids(run_id: object, image_ids: object) -> list[int]:
-    """The batch's image ids, or Reject (acknowledged, logged, never retried) if malformed."""
+    """The batch's image ids, or Reject (acknowledged, logged, never retried) if malformed.
 
-    def is_int(v: object) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    if run_id is not None and not is_int(run_id):
-        raise Reject(f"malformed batch message: run id {run_id!r:.40}", requeue=False)
-    if not isinstance(image_ids, list) or not all(is_int(i) for i in image_ids):
-        raise Reject("malformed batch message: image ids must be a list of integers", False)
-    if len(image_ids) > MAX_IDS_PER_MESSAGE:
-        raise Reject(f"malformed batch message: {len(image_ids)} ids in one batch", False)
+    The worker's strategy already refused such messages (:mod:`catdog.messages`); this
+    covers a task called some other way (``apply``, a test, another strategy).
+    """
+    problem = classify_args_problem([run_id, image_ids], {})
+    if problem is not None:
+        raise Reject(f"malformed batch message: {problem}", requeue=False)
+    assert isinstance(image_ids, list)
     return image_ids
 
 
