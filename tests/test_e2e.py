@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from catdog.db.models import Prediction, ScanRun
 from catdog.ops.exporter import metrics_text
+from catdog.settings import Settings
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -50,15 +52,29 @@ def test_scan_wait_labels_every_image_exactly_once(
     exported = _catdog(cluster_env, "export", "--format", "jsonl")
     assert len(exported.stdout.splitlines()) == 18
     with Session(engine) as session:
-        metrics = metrics_text(session, cluster_env["CATDOG_BROKER_URL"])
+        metrics = metrics_text(session, Settings(broker_url=cluster_env["CATDOG_BROKER_URL"]))
     engine.dispose()
     worker_lines = [x for x in metrics.splitlines() if x.startswith("catdog_worker_images_total{")]
-    assert len(worker_lines) == 1 and worker_lines[0].endswith(" 18")
+    assert len(worker_lines) == 1 and float(worker_lines[0].rsplit(" ", 1)[1]) == 18
 
 
-def test_status_shows_the_finished_run(worker_factory, cluster_env, photo_dir: Path):
-    """`catdog status` lists the run with its counts once it is done."""
+def test_status_shows_the_finished_run_with_its_counts(
+    worker_factory, cluster_env, photo_dir: Path, postgres_url: str
+):
+    """`catdog status --format json` lists the one run, finished: 6 labeled, 2 failed, 0 left."""
     worker_factory()
     assert _catdog(cluster_env, "scan", str(photo_dir), "--wait").returncode == 0
-    out = _catdog(cluster_env, "status").stdout
-    assert "finished" in out and "6" in out
+    result = _catdog(cluster_env, "status", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    engine = create_engine(postgres_url)
+    with engine.connect() as conn:
+        run = conn.execute(select(ScanRun)).one()
+    engine.dispose()
+    (shown,) = json.loads(result.stdout)
+    assert {k: shown[k] for k in ("run", "root", "state", "eta_s")} == {
+        "run": run.id,
+        "root": run.root,
+        "state": "finished",
+        "eta_s": 0,
+    }
+    assert (shown["done"], shown["failed"], shown["pending"], shown["skipped"]) == (6, 2, 0, 0)

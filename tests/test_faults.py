@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_image
+from helpers import make_image
 from runs import count_predictions, scan_held, scan_with_broker, settings_for, wait_for_run
 from services import RedisServer, TcpProxy
 
@@ -169,7 +169,7 @@ def test_a_batch_that_always_fails_ends_as_recorded_failures(
 ):
     """A model whose outputs do not match its classes fails every batch: after the bounded
     retries each image is stored as failed with the reason, and the run finishes."""
-    from conftest import build_tiny_model
+    from helpers import build_tiny_model
 
     bad = build_tiny_model(tmp_path / "bad" / "model.keras")
     meta = bad.with_suffix(".json")

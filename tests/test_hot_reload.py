@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, select
 from catdog.db import registry
 from catdog.db.engine import make_engine, session_factory
 from catdog.db.models import Image, ModelVersion, Prediction
-from conftest import build_tiny_model
+from helpers import build_tiny_model
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 

@@ -10,7 +10,7 @@ import pytest
 
 from catdog.broker import UNACKED_INDEX_KEY
 from catdog.workers.lease import Lease
-from conftest import make_image
+from helpers import make_image
 from runs import scan_with_broker, wait_for_run
 from services import RedisServer
 

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 
+from catdog.db.registry import read_metadata
 from catdog.training.model import make_model, save_model
 
 
@@ -51,11 +52,26 @@ def test_unknown_architectures_are_refused() -> None:
         make_model("resnet", (32, 32, 3), 2)
 
 
-def test_augmentation_is_inactive_at_inference() -> None:
-    """The same image gives the same prediction twice: augmentation only runs in training."""
-    model = make_model("scratch", (32, 32, 3), 2, widths=(8, 16))
-    image = np.random.default_rng(1).uniform(0, 255, (1, 32, 32, 3)).astype("float32")
-    np.testing.assert_allclose(model(image, training=False), model(image, training=False))
+def test_a_saved_model_serves_uint8_pixels_as_the_trained_model_predicts_them(
+    tmp_path: Path,
+) -> None:
+    """The worker loads the saved file from its sidecar and labels raw uint8 pixels unchanged."""
+    from catdog.workers.model import load_model
+
+    model = make_model("scratch", (32, 24, 3), 2, widths=(8, 16), seed=3)
+    path = save_model(model, tmp_path / "m.keras", {"classes": ["cat", "dog"], "arch": "scratch"})
+    meta = read_metadata(path)
+    assert meta["classes"] == ["cat", "dog"] and meta["input_size"] == [32, 24]
+    served = load_model(
+        path, 1, "v1", meta["classes"], tuple(meta["input_size"]), runtime="tensorflow"
+    )
+    # What a worker hands the model: decoded RGB at the sidecar's size, uint8, never rescaled.
+    pixels = np.random.default_rng(1).integers(0, 256, (5, 32, 24, 3), dtype=np.uint8)
+    probs = served.predict(pixels)
+    # The augmentation and rescaling layers travel in the file; only rescaling runs here.
+    expected = np.asarray(model(pixels.astype("float32"), training=False))
+    np.testing.assert_allclose(probs, expected, rtol=1e-4, atol=1e-6)
+    assert probs.shape == (5, 2) and not np.allclose(probs[0], probs[1])
 
 
 def _modules(config: object) -> set[str]:
