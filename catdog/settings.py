@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import ssl
 from functools import lru_cache
 from pathlib import Path
@@ -59,9 +60,12 @@ class Settings(BaseSettings):
         default=Path("models"), description="where the model registry keeps versioned model files"
     )
     # NoDecode: the env value reaches _split_roots as text instead of failing JSON parsing.
-    store_roots: Annotated[list[Path], NoDecode] = Field(
+    store_roots: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="roots workers may read from (:-separated); empty: any scanned root",
+        description=(
+            "roots workers may read from: folders or store URLs such as s3://bucket/prefix "
+            "(:-separated or a JSON list); empty: any scanned root"
+        ),
     )
     # Big enough to amortise task overhead, small enough to redeliver cheaply after a worker
     # dies.
@@ -77,8 +81,14 @@ class Settings(BaseSettings):
     queue_high_water: int = Field(
         default=64, description="the producer waits while more batches than this are queued"
     )
+    # Applied when rows are printed (classify, export, report), never stored: the database
+    # keeps the model's label, so the same data and threshold always give the same answer.
     confidence_threshold: float | None = Field(
-        default=None, description="below this top-class probability the label is 'uncertain'"
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="0 to 1: output shows labels below this top-class probability as "
+        "'uncertain' (stored labels are the model's)",
     )
     max_image_pixels: int = Field(
         default=100_000_000, description="larger images are refused (decompression bombs)"
@@ -132,7 +142,10 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             if value.lstrip().startswith("["):
                 return json.loads(value)
-            return [p for p in value.split(":") if p]
+            # ':' separates roots, except the one of a URL's scheme (s3://...).
+            return [p for p in re.split(r":(?!//)", value) if p]
+        if isinstance(value, list | tuple):
+            return [str(p) for p in value]
         return value
 
     @model_validator(mode="after")

@@ -1,5 +1,11 @@
 """Image stores: where the files live, and the one guarded way to list and read them.
 
+A store is a local folder (the plain case: ``os.scandir`` and ``open``) or a URL read through
+fsspec: ``s3://bucket/prefix`` (s3fs), ``gs://`` (gcsfs), ``http(s)://`` listings, or any
+other fsspec protocol that is installed. Credentials come from each library's standard
+places (``AWS_*`` variables, profiles, instance roles; ``AWS_ENDPOINT_URL`` for MinIO or
+Ceph), never from the URL, the database or a message.
+
 Everything that lists or re-reads an archive (the producer's walk, the workers' reads, the
 report's thumbnails) goes through a :class:`Store`, so one set of rules holds everywhere:
 reads stay inside the store and the configured roots, never block on a pipe or device, and
@@ -15,12 +21,16 @@ exact name on disk. Names that are valid UTF-8 without a backslash are stored un
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
 
 from catdog.images import IMAGE_EXTENSIONS, ImageError, read_file
 
@@ -81,6 +91,10 @@ class Store(Protocol):
 
     def read(self, name: str, max_bytes: int) -> bytes:
         """The bytes of one listed file, or ImageError with a reason."""
+        ...
+
+    def read_many(self, names: list[str], max_bytes: int) -> list[bytes | ImageError]:
+        """Several files at once (remote stores fetch them concurrently)."""
         ...
 
 
@@ -191,20 +205,172 @@ class LocalStore:
         """The file's bytes: confined, never blocking on a pipe or device, bounded in size."""
         return read_file(self.path_of(name), max_bytes)
 
+    def read_many(self, names: list[str], max_bytes: int) -> list[bytes | ImageError]:
+        """Each file in turn: a local disk gains nothing from more reads in flight here."""
+        out: list[bytes | ImageError] = []
+        for name in names:
+            try:
+                out.append(self.read(name, max_bytes))
+            except ImageError as exc:
+                out.append(exc)
+        return out
 
-def open_store(root: str, allowed_roots: list[Path] | None = None) -> Store:
+
+class FsspecStore:
+    """A prefix of an object store or any fsspec file system, named by its URL."""
+
+    def __init__(self, url: str, allowed_roots: list[str] | None = None) -> None:
+        import fsspec
+
+        parts = urlsplit(url)
+        if parts.username or parts.password:
+            raise ValueError(
+                "a store URL carries no credentials: use the provider's standard "
+                "configuration (for S3: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or "
+                "an instance role)"
+            )
+        self.root = url.rstrip("/")
+        self.fs, path = fsspec.core.url_to_fs(self.root)
+        self._path = path.rstrip("/")
+        self._allowed = [_url_prefix(r) for r in allowed_roots or [] if is_url(r)]
+        self._local_only = bool(allowed_roots) and not self._allowed
+
+    def walk(self, on_skip: OnSkip | None = None) -> Iterator[FileEntry]:
+        """Every object under the prefix with the size and time the listing already gives."""
+        listing = self.fs.find(self._path, detail=True, withdirs=False)
+        for path in sorted(listing):
+            info = listing[path]
+            rel = path[len(self._path) :].lstrip("/")
+            if os.path.splitext(rel)[1].lower() not in IMAGE_EXTENSIONS:
+                _skip(on_skip, rel, NOT_AN_IMAGE)
+                continue
+            yield FileEntry(rel, int(info.get("size") or 0), _mtime(info))
+
+    def _object(self, name: str) -> str:
+        """The object path of a stored name, refused outside the prefix and allowed roots."""
+        path = posixpath.normpath(f"{self._path}/{name}")
+        if not (path + "/").startswith(self._path + "/"):
+            raise ImageError("refused: path is outside the configured store roots")
+        full = _url_prefix(f"{self.root}/{name}")
+        if self._local_only or (
+            self._allowed and not any(full.startswith(root) for root in self._allowed)
+        ):
+            raise ImageError("refused: store is outside the configured store roots")
+        return path
+
+    def read(self, name: str, max_bytes: int) -> bytes:
+        """One object's bytes, never more than ``max_bytes`` + 1 requested from the store."""
+        (result,) = self.read_many([name], max_bytes)
+        if isinstance(result, ImageError):
+            raise result
+        return result
+
+    def read_many(self, names: list[str], max_bytes: int) -> list[bytes | ImageError]:
+        """Objects fetched concurrently (one batched call), each bounded, each failing alone."""
+        paths: list[str | None] = []
+        out: list[bytes | ImageError | None] = []
+        for name in names:
+            try:
+                paths.append(self._object(name))
+                out.append(None)
+            except ImageError as exc:
+                paths.append(None)
+                out.append(exc)
+        todo = [i for i, p in enumerate(paths) if p is not None]
+        if todo:
+            fetched = self.fs.cat_ranges(
+                [paths[i] for i in todo],
+                [0] * len(todo),
+                [max_bytes + 1] * len(todo),
+                on_error="return",
+            )
+            for i, data in zip(todo, fetched, strict=True):
+                out[i] = _checked_object(data, max_bytes)
+        return [r if r is not None else ImageError("not read") for r in out]
+
+
+def _checked_object(data: object, max_bytes: int) -> bytes | ImageError:
+    """The bytes of one fetched object, or the reason it cannot be used (no secrets in it)."""
+    if isinstance(data, FileNotFoundError):
+        return ImageError("file not found (deleted or moved since the scan)")
+    if isinstance(data, PermissionError):
+        return ImageError("permission denied")
+    if isinstance(data, BaseException):
+        return ImageError(f"cannot read object: {type(data).__name__}")
+    assert isinstance(data, bytes)
+    if not data:
+        return ImageError("empty file (0 bytes)")
+    if len(data) > max_bytes:
+        return ImageError(f"file too large (more than {max_bytes} bytes)")
+    return data
+
+
+def _mtime(info: dict[str, object]) -> float:
+    """Modification time from a listing entry, whatever the file system calls it."""
+    for key in ("LastModified", "mtime", "updated", "last_modified", "created"):
+        value = info.get(key)
+        if isinstance(value, datetime):
+            return value.timestamp()
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                continue
+    return 0.0
+
+
+def _url_prefix(url: str) -> str:
+    """A URL normalised for prefix comparison (no trailing slash, '..' resolved)."""
+    parts = urlsplit(url)
+    path = posixpath.normpath(parts.netloc + "/" + parts.path.lstrip("/"))
+    return f"{parts.scheme}://{path.rstrip('/')}/"
+
+
+def is_url(root: str) -> bool:
+    """Whether a root names a store by URL (``s3://...``) rather than a local folder."""
+    scheme = urlsplit(root).scheme
+    return len(scheme) > 1 and "://" in root and scheme != "file"
+
+
+def scan_store(root: str, allowed_roots: list[str] | None = None) -> Store:
+    """The store to walk for a root given on the command line (a path or a URL)."""
+    if is_url(root):
+        return FsspecStore(root, allowed_roots)
+    return LocalStore(root, [Path(r) for r in allowed_roots or [] if not is_url(r)])
+
+
+def open_store(root: str, allowed_roots: Sequence[str | Path] | None = None) -> Store:
     """The store of a registered root, for reading (workers, reports).
 
-    A root that no longer exists still gives a store: each read then fails with a reason.
+    A local root that no longer exists still gives a store: each read then fails with a
+    reason. Remote stores are cached per process (one client and connection pool each).
     """
-    return _ReadOnlyLocal(root, allowed_roots or [])
+    roots = [str(r) for r in allowed_roots or []]
+    if is_url(root):
+        return _remote(root, tuple(roots))
+    return _ReadOnlyLocal(root, [Path(r) for r in roots if not is_url(r)], bool(roots))
+
+
+def forget_remote_stores() -> None:
+    """Drop cached remote stores (their clients), e.g. after credentials or endpoints change."""
+    _remote.cache_clear()
+
+
+@lru_cache(maxsize=64)
+def _remote(root: str, allowed_roots: tuple[str, ...]) -> FsspecStore:
+    return FsspecStore(root, list(allowed_roots))
 
 
 class _ReadOnlyLocal(LocalStore):
     """A local store opened by its stored root, without checking the root exists."""
 
-    def __init__(self, root: str, allowed_roots: list[Path]) -> None:
+    def __init__(self, root: str, allowed_roots: list[Path], configured: bool) -> None:
         self._single = None
         self._path = Path(decode_name(root)).resolve()
         self.root = root
         self._allowed = [r.resolve() for r in allowed_roots]
+        if configured and not self._allowed:
+            # Only URL roots are configured: no local folder may be read.
+            self._allowed = [Path("/nonexistent-catdog-root")]

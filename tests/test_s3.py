@@ -1,0 +1,131 @@
+"""Object stores through fsspec, against a real S3-protocol server (moto's, on loopback)."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from catdog.images import ImageError
+from catdog.stores import NOT_AN_IMAGE, FsspecStore, forget_remote_stores, open_store, scan_store
+
+moto_server = pytest.importorskip("moto.server")
+boto3 = pytest.importorskip("boto3")
+
+#: The secret the tests hand to the S3 client: it must never show up anywhere else.
+SECRET = "sekrit-never-stored-4711"
+BUCKET = "catdog-photos"
+
+
+@dataclass
+class S3Server:
+    """A moto S3 server on a free loopback port, with the requests it answered."""
+
+    url: str
+    requests: list[str] = field(default_factory=list)
+
+    def gets(self, prefix: str) -> list[str]:
+        """Object GETs (not listings) under ``/bucket/prefix``."""
+        return [r for r in self.requests if f"GET /{prefix}" in r and "list-type" not in r]
+
+
+class _RequestLog(logging.Handler):
+    def __init__(self, server: S3Server) -> None:
+        super().__init__()
+        self.server = server
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.server.requests.append(record.getMessage())
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
+    """A fresh S3 server with one bucket; clients find it through AWS_ENDPOINT_URL."""
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    state = S3Server(f"http://{host}:{port}")
+    for key, value in {
+        "AWS_ENDPOINT_URL": state.url,
+        "AWS_ACCESS_KEY_ID": "catdog-test",
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    handler = _RequestLog(state)
+    werkzeug = logging.getLogger("werkzeug")
+    werkzeug.addHandler(handler)
+    werkzeug.setLevel(logging.INFO)
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    import fsspec
+
+    fsspec.filesystem("s3").clear_instance_cache()
+    forget_remote_stores()
+    yield state
+    werkzeug.removeHandler(handler)
+    server.stop()
+
+
+def put(key: str, body: bytes) -> None:
+    """Upload one object to the test bucket."""
+    boto3.client("s3").put_object(Bucket=BUCKET, Key=key, Body=body)
+
+
+def _jpeg(seed: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 12), (seed * 40 % 255, 80, 160)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_a_bucket_prefix_is_walked_with_what_the_listing_gives(s3: S3Server) -> None:
+    """Sizes and times come from the listing: walking a bucket reads no object."""
+    for i in range(3):
+        put(f"photos/a/{i}.jpg", _jpeg(i))
+    put("photos/readme.txt", b"hello")
+    put("elsewhere/x.jpg", _jpeg(9))
+    skipped: list[tuple[str, str]] = []
+    entries = list(scan_store(f"s3://{BUCKET}/photos").walk(lambda n, r: skipped.append((n, r))))
+    assert [e.path for e in entries] == ["a/0.jpg", "a/1.jpg", "a/2.jpg"]
+    assert all(e.size == len(_jpeg(i)) and e.mtime > 0 for i, e in enumerate(entries))
+    assert skipped == [("readme.txt", NOT_AN_IMAGE)]
+    assert s3.gets(f"{BUCKET}/photos") == []
+
+
+def test_objects_are_read_bounded_and_each_failure_stays_with_its_object(s3: S3Server) -> None:
+    """A missing object, one over the size limit and a '..' name fail alone, with reasons."""
+    put("photos/ok.jpg", _jpeg(1))
+    put("photos/big.jpg", b"x" * 5000)
+    put("secret.jpg", _jpeg(2))
+    store = open_store(f"s3://{BUCKET}/photos")
+    got = store.read_many(["ok.jpg", "gone.jpg", "big.jpg", "../secret.jpg"], 4000)
+    assert got[0] == _jpeg(1)
+    reasons = [str(r) for r in got[1:]]
+    assert reasons[0].startswith("file not found")
+    assert reasons[1] == "file too large (more than 4000 bytes)"
+    assert "outside" in reasons[2]
+    assert not s3.gets(f"{BUCKET}/secret.jpg")
+
+
+def test_a_worker_reads_only_under_the_configured_store_roots(s3: S3Server) -> None:
+    """CATDOG_STORE_ROOTS takes URLs; another prefix, bucket or a local folder is refused."""
+    put("allowed/x.jpg", _jpeg(1))
+    put("other/y.jpg", _jpeg(2))
+    roots = [f"s3://{BUCKET}/allowed"]
+    assert open_store(f"s3://{BUCKET}/allowed", roots).read("x.jpg", 10**6) == _jpeg(1)
+    for root, name in ((f"s3://{BUCKET}/other", "y.jpg"), (f"s3://{BUCKET}", "other/y.jpg")):
+        with pytest.raises(ImageError, match="outside"):
+            open_store(root, roots).read(name, 10**6)
+    with pytest.raises(ImageError, match="outside"):
+        open_store(os.getcwd(), roots).read("pyproject.toml", 10**6)
+
+
+def test_a_store_url_with_credentials_in_it_is_refused() -> None:
+    """Keys belong to the environment, never to a URL that would be stored and printed."""
+    with pytest.raises(ValueError, match="no credentials"):
+        FsspecStore(f"s3://key:{SECRET}@{BUCKET}/photos")
