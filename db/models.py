@@ -110,6 +110,31 @@ class ScanRun(Base):
     total: Mapped[int] = mapped_column(BigInteger, default=0)
     done: Mapped[int] = mapped_column(BigInteger, default=0)
     failed: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: Who registers the run, ``host:pid``: a later scan or ``status`` on the same host can
+    #: tell that the process is gone at once (migration 0004).
+    producer: Mapped[str | None] = mapped_column(String(255))
+    #: Refreshed by the producer while it registers and queues; a stale one means it is gone.
+    heartbeat: Mapped[datetime | None] = mapped_column()
+    #: Set when the producer stopped before queueing everything (a signal, an error, or found
+    #: gone later); the run's unqueued images are left to the next scan of the root.
+    ended: Mapped[datetime | None] = mapped_column()
+    #: Why the run ended early, in a few words.
+    end_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class RunResult(Base):
+    """An image that has a result counted for a run: a run counts each image once.
+
+    Redelivered batches, overlapping runs and relabels can write one image's prediction
+    several times; its run's counters move only when this row is new (migration 0004).
+    """
+
+    __tablename__ = "run_results"
+
+    run_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True
+    )
 
 
 class TrainingRun(Base):

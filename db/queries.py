@@ -13,7 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from catdog.db.models import Image, ModelVersion, Prediction, ScanRun, utcnow
+from catdog.db.models import Image, ModelVersion, Prediction, RunResult, ScanRun, utcnow
 from catdog.stores import FileEntry
 
 #: Parameters per IN (...) list; well under SQLite's 32,766 variable limit.
@@ -209,24 +209,36 @@ _WRITTEN = (
 
 # PostgreSQL: the whole batch write in one statement and one round trip. The rows travel as
 # one JSON document (one C-speed json.dumps; psycopg's array adaptation quotes every element
-# in Python and cost a quarter of the time), unpacked by json_to_recordset. The upsert's
-# RETURNING says what was new, and the run's counters and finish time are updated from it in
-# the same statement. The text never changes, so it is planned once per connection.
+# in Python and cost a quarter of the time), unpacked by json_to_recordset. ``fresh`` records
+# which images are new to the run (one run_results row per run and image); only those are
+# written and counted, so a redelivery after another run took the prediction over counts
+# nothing. The run's counters and finish time are updated in the same statement. The text
+# never changes, so it is planned once per connection.
 # bench/producer_db.py, 256-row batches: 12,400 rows/s as three statements with an images
-# update; 23,000 as this statement over arrays; 28,000-31,000 over JSON.
+# update; 23,000 as this statement over arrays; 28,000-31,000 over JSON (before run_results).
 _PG_SAVE = text(
     """
     WITH r AS (
         SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS r(
             image_id bigint, label varchar, confidence double precision, probabilities json,
             error text, sha256 varchar, width integer, height integer)
+    ), fresh AS (
+        INSERT INTO run_results (run_id, image_id)
+        SELECT CAST(:run_id AS integer), r.image_id FROM r
+        WHERE CAST(:run_id AS integer) IS NOT NULL
+        ORDER BY r.image_id
+        ON CONFLICT DO NOTHING
+        RETURNING image_id
+    ), todo AS (
+        SELECT r.* FROM r
+        WHERE CAST(:run_id AS integer) IS NULL OR r.image_id IN (SELECT image_id FROM fresh)
     ), saved AS (
         INSERT INTO predictions (image_id, model_version_id, run_id, label, confidence,
                                  probabilities, error, sha256, width, height, created)
-        SELECT r.image_id, CAST(:model_version_id AS integer), CAST(:run_id AS integer),
-               r.label, r.confidence, r.probabilities, r.error, r.sha256, r.width, r.height,
+        SELECT t.image_id, CAST(:model_version_id AS integer), CAST(:run_id AS integer),
+               t.label, t.confidence, t.probabilities, t.error, t.sha256, t.width, t.height,
                CAST(:created AS timestamptz)
-        FROM r ORDER BY r.image_id
+        FROM todo t ORDER BY t.image_id
         ON CONFLICT (image_id, model_version_id) DO UPDATE SET
             run_id = excluded.run_id, label = excluded.label, confidence = excluded.confidence,
             probabilities = excluded.probabilities, error = excluded.error,
@@ -250,6 +262,16 @@ _PG_SAVE = text(
     SELECT done, failed FROM n
     """
 )
+
+
+@functools.cache
+def _count_once_statement(dialect: str) -> Any:
+    """INSERT of (run, image) pairs that skips pairs already counted; returns the new images."""
+    return (
+        _insert(dialect)(RunResult)
+        .on_conflict_do_nothing(index_elements=["run_id", "image_id"])
+        .returning(RunResult.image_id)
+    )
 
 
 def _row(o: Outcome) -> dict[str, Any]:
@@ -285,6 +307,12 @@ def _save_generic(
     session: Session, run_id: int | None, model_version_id: int, rows: Sequence[Outcome]
 ) -> tuple[int, int]:
     now = utcnow()
+    if run_id is not None:
+        pairs = [{"run_id": run_id, "image_id": o.image_id} for o in rows]
+        fresh = set(session.scalars(_count_once_statement(_dialect(session)), pairs))
+        rows = [o for o in rows if o.image_id in fresh]
+        if not rows:
+            return 0, 0
     batch = {"model_version_id": model_version_id, "run_id": run_id, "created": now}
     params = [{**_row(o), **batch} for o in rows]
     # executemany + RETURNING: sent as multi-row VALUES ("insertmanyvalues").
@@ -316,9 +344,10 @@ def save_outcomes(
 ) -> tuple[int, int]:
     """Upsert a batch of results, count them for the run; return (newly done, newly failed).
 
-    Idempotent: a redelivered batch of the same run changes nothing and counts nothing, so the
-    run's counters stay exact under at-least-once delivery. The run is stamped finished by the
-    batch that completes it.
+    A run counts each image once (a ``run_results`` row per run and image): a redelivered
+    batch changes nothing and counts nothing, also after an overlapping run or a relabel
+    wrote the same image in between, so the run's counters stay exact under at-least-once
+    delivery. The run is stamped finished by the batch that completes it.
     """
     rows = sorted(outcomes, key=lambda o: o.image_id)  # one lock order: no deadlocks
     if not rows:

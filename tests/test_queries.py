@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from catdog.db.engine import make_engine, session_factory
 from catdog.db.migrate import upgrade
-from catdog.db.models import ModelVersion, Prediction, ScanRun
+from catdog.db.models import ModelVersion, Prediction, RunResult, ScanRun
 from catdog.db.queries import Outcome, register_images, save_outcomes
 from catdog.stores import FileEntry
 
@@ -159,3 +159,86 @@ def test_a_result_records_what_was_read_and_finishes_the_run_only_when_complete(
         broken = s.scalars(select(Prediction).where(Prediction.image_id == ids[4])).one()
         assert (broken.label, broken.error, broken.sha256) == (None, "corrupt", None)
     assert first == (1, 0) and second == (3, 1)
+
+
+def _counts(sessions: sessionmaker[Session], run: int) -> tuple[int, int, int, bool]:
+    with sessions() as s:
+        r = s.get(ScanRun, run)
+        return r.done, r.failed, r.total, r.finished is not None
+
+
+def _queued_runs(sessions: sessionmaker[Session], n: int) -> tuple[int, list[int], list[int]]:
+    """A model version, the ENTRIES registered, and ``n`` runs that each queued all of them."""
+    with sessions.begin() as s:
+        v = _version(s)
+        ids, _ = register_images(s, "/r", ENTRIES, v)
+        runs = [_run(s, total=len(ENTRIES)) for _ in range(n)]
+        s.execute(ScanRun.__table__.update().values(enqueued=func.now()))
+    return v, ids, runs
+
+
+def test_overlapping_runs_and_a_redelivery_never_count_a_batch_twice(sessions):
+    """B's first batch, then A's, then B's again: B has counted 3 of 5 and is not finished."""
+    v, ids, (a, b) = _queued_runs(sessions, 2)
+    first, second = ids[:3], ids[3:]
+    for run, batch in ((b, first), (a, first), (b, first)):
+        with sessions.begin() as s:
+            save_outcomes(s, run, v, [Outcome(i, "cat", 0.9) for i in batch])
+    assert _counts(sessions, b) == (3, 0, 5, False)  # scan --wait must not return yet
+    assert _counts(sessions, a) == (3, 0, 5, False)
+    with sessions.begin() as s:
+        assert save_outcomes(s, b, v, [Outcome(i, "cat", 0.9) for i in second]) == (2, 0)
+    assert _counts(sessions, b) == (5, 0, 5, True)
+
+
+def test_a_batch_redelivered_after_a_relabel_run_counts_nothing_and_keeps_the_new_label(
+    sessions,
+):
+    """A's batch comes back after relabel run R wrote the new model's label: no count, no
+    overwrite."""
+    with sessions.begin() as s:
+        old, new = _version(s, "old"), _version(s, "new")
+        ids, _ = register_images(s, "/r", ENTRIES, old)
+        a, r = _run(s, len(ids)), _run(s, len(ids))
+        s.execute(ScanRun.__table__.update().values(enqueued=func.now()))
+    with sessions.begin() as s:
+        save_outcomes(s, a, new, [Outcome(i, "cat", 0.9) for i in ids])
+    with sessions.begin() as s:
+        assert save_outcomes(s, r, new, [Outcome(i, "dog", 0.7) for i in ids]) == (5, 0)
+    with sessions.begin() as s:  # the worker labels A's redelivered batch with today's model
+        assert save_outcomes(s, a, new, [Outcome(i, "cat", 0.9) for i in ids]) == (0, 0)
+    assert _counts(sessions, a) == (5, 0, 5, True) and _counts(sessions, r) == (5, 0, 5, True)
+    with sessions() as s:
+        labels = set(s.scalars(select(Prediction.label).where(Prediction.model_version_id == new)))
+        assert labels == {"dog"}
+
+
+def test_any_interleaving_of_runs_and_redeliveries_counts_each_image_once_per_run(sessions):
+    """Three overlapping runs, each batch delivered one to three times in a random order: every
+    run ends with done + failed == total, finished only after its last batch first arrived."""
+    import random
+
+    v, ids, runs = _queued_runs(sessions, 3)
+    batches = [ids[:2], ids[2:4], ids[4:]]
+    rng = random.Random(11)
+    for _ in range(8):
+        with sessions.begin() as s:
+            s.execute(ScanRun.__table__.update().values(done=0, failed=0, finished=None))
+            s.execute(RunResult.__table__.delete())
+            s.execute(Prediction.__table__.delete())
+        deliveries = [(run, k) for run in runs for k in range(3) for _ in range(rng.randint(1, 3))]
+        rng.shuffle(deliveries)
+        arrived: dict[int, set[int]] = {run: set() for run in runs}
+        for run, k in deliveries:
+            outcomes = [
+                Outcome(i, error="bad") if i == ids[0] else Outcome(i, "dog", 0.6)
+                for i in batches[k]
+            ]
+            with sessions.begin() as s:
+                save_outcomes(s, run, v, outcomes)
+            arrived[run].add(k)
+            done, failed, total, finished = _counts(sessions, run)
+            assert done + failed == sum(len(batches[j]) for j in arrived[run])
+            assert finished == (len(arrived[run]) == 3)
+        for run in runs:
+            assert _counts(sessions, run) == (4, 1, 5, True)
