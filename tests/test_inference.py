@@ -88,13 +88,14 @@ def test_the_same_batch_twice_leaves_one_result_per_image(photo_dir, sqlite_url,
     ctx.close()
 
 
-def test_low_confidence_is_labeled_uncertain(photo_dir, sqlite_url, tiny_model):
-    """With a threshold above every confidence, labels become 'uncertain'."""
+def test_a_threshold_never_changes_the_stored_label(photo_dir, sqlite_url, tiny_model):
+    """Workers store the model's label even above every confidence: output applies the
+    threshold (tests/test_threshold.py), so it cannot stick for later runs."""
     ctx = _context(sqlite_url, tiny_model, confidence_threshold=0.999)
     _classify_all(ctx, photo_dir)
     with ctx.sessions() as s:
         labels = set(s.scalars(select(Prediction.label).where(Prediction.error.is_(None))))
-    assert labels == {"uncertain"}
+    assert labels == {"cat", "dog"}
     ctx.close()
 
 

@@ -27,9 +27,6 @@ from catdog.workers.model import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
 
-#: Label given when the top probability is below the confidence threshold.
-UNCERTAIN = "uncertain"
-
 
 @dataclass
 class BatchResult:
@@ -119,12 +116,18 @@ def _decode_one(
         return f"unexpected error: {type(exc).__name__}: {exc}"
 
 
-def _label(model: LoadedModel, probs: np.ndarray, threshold: float | None) -> tuple[str, float]:
+def _label(
+    model: LoadedModel, probs: np.ndarray, threshold: float | None = None
+) -> tuple[str, float]:
+    """The model's top class and its probability, the stored fact.
+
+    ``threshold`` is not applied here: a stored ``uncertain`` would stick for every later
+    run and make a threshold do nothing on images already labeled. Output applies it
+    (``catdog.ops.output.shown_label``).
+    """
+    del threshold  # kept in the signature for the caller; applied when rows are written
     top = int(np.argmax(probs))
-    confidence = float(probs[top])
-    if threshold is not None and confidence < threshold:
-        return UNCERTAIN, confidence
-    return model.classes[top], confidence
+    return model.classes[top], float(probs[top])
 
 
 @dataclass

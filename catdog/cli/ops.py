@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from catdog.cli.options import threshold_option
 from catdog.settings import Settings, get_settings
 
 #: Flower's usual port.
@@ -119,7 +120,8 @@ def metrics(port: int | None, address: str) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder to write index.html and its images into.",
 )
-def report(out_dir: Path) -> None:
+@threshold_option
+def report(out_dir: Path, threshold: float | None) -> None:
     """Write an HTML results report: counts, confidence histogram, doubtful images, failures."""
     from catdog.db.engine import engine_for, session_factory
     from catdog.ops.report import write_report
@@ -132,6 +134,7 @@ def report(out_dir: Path) -> None:
             settings.store_roots,
             settings.max_file_bytes,
             settings.max_image_pixels,
+            settings.confidence_threshold if threshold is None else threshold,
         )
     click.echo(
         f"{summary.total} images ({summary.labeled} labeled, {summary.failed} failed): "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -29,3 +30,26 @@ def output_options(default: str = "table") -> Callable[[F], F]:
         )(command)
 
     return decorate
+
+
+def _not_nan(_ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    # FloatRange lets NaN through (every comparison with it is false); a NaN threshold
+    # would silently mark nothing uncertain.
+    if value is not None and math.isnan(value):
+        raise click.BadParameter("is not a number in the range 0<=x<=1", param=param)
+    return value
+
+
+def threshold_option(command: F) -> F:
+    """``--threshold``, for every command that prints labels: applied to the stored model
+    confidence when rows are written (default ``CATDOG_CONFIDENCE_THRESHOLD``); the command
+    receives it as ``threshold``."""
+    return click.option(
+        "--threshold",
+        type=click.FloatRange(0.0, 1.0),
+        default=None,
+        callback=_not_nan,
+        help="Print 'uncertain' for labels below this confidence, 0 to 1 "
+        "[default: CATDOG_CONFIDENCE_THRESHOLD, else none]. Applied when rows are printed: "
+        "stored labels keep the model's answer.",
+    )(command)

@@ -7,13 +7,16 @@ images) is a ``ClickException`` and exits 1.
 
 from __future__ import annotations
 
+import io
 import os
 import sys
+import time
 from pathlib import Path
+from typing import IO
 
 import click
 
-from catdog.cli.options import output_options
+from catdog.cli.options import output_options, threshold_option
 from catdog.settings import Settings, get_settings
 
 #: What a command that needs the broker says in embedded mode.
@@ -30,6 +33,15 @@ def _database(settings: Settings):  # type: ignore[no-untyped-def]
     return engine, session_factory(engine)
 
 
+def _stdout() -> IO[str]:
+    """stdout for rows: a character the terminal's encoding lacks is written as ``\\xNN``
+    rather than ending the export half-way."""
+    out = sys.stdout
+    if isinstance(out, io.TextIOWrapper):
+        out.reconfigure(errors="backslashreplace")
+    return out
+
+
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option(
@@ -39,58 +51,96 @@ def _database(settings: Settings):  # type: ignore[no-untyped-def]
     help="A .keras model (default: CATDOG_MODEL, else the production model).",
 )
 @output_options()
-@click.option("--threshold", type=float, help="Below this confidence the label is 'uncertain'.")
+@threshold_option
 def classify(
     paths: tuple[Path, ...], model_file: Path | None, fmt: str, threshold: float | None
 ) -> None:
-    """Label images under PATHS in this process and print one row per image."""
-    from rich.progress import Progress
+    """Label images under PATHS in this process and print one row per image.
 
+    Rows go to stdout; progress and a summary line (labeled, failed, already labeled, not
+    registered, seconds) go to stderr. Files that are not registered (not an image type,
+    links, unreadable) are counted by reason; `catdog -v classify` lists each one.
+    """
+    from catdog.cli.progress import labeling_progress, not_registered_text, stderr_console
     from catdog.db.registry import ModelNotFound, current_version
     from catdog.ops.output import rows_for, write_rows
     from catdog.producer.scan import scan
     from catdog.stores import LocalStore
     from catdog.workers.inference import InferenceContext, StartedBatch, finish_batch, start_batch
 
+    started = time.monotonic()
     updates: dict[str, object] = {}
     if model_file is not None:
         updates["model"] = model_file
-    if threshold is not None:
-        updates["confidence_threshold"] = threshold
     settings = get_settings().model_copy(update=updates)
-    _, sessions = _database(settings)
-    try:
-        with sessions.begin() as session:
-            version = current_version(session, settings)
-            version_id = version.id
-    except ModelNotFound as exc:
-        raise click.ClickException(str(exc)) from exc
-    ctx = InferenceContext.create(settings)
-    with ctx.sessions.begin() as session:
-        ctx.current_model(session)  # load before the run's clock starts
+    if threshold is None:
+        threshold = settings.confidence_threshold
     stores = [LocalStore(p) for p in paths]
-    with Progress(transient=True, disable=not sys.stderr.isatty()) as bar:
-        task = bar.add_task("classifying", total=None)
-
+    done = failed = finished = 0
+    with labeling_progress(stderr_console()) as bar:
+        # Something shows from the first second: loading a model takes seconds.
+        task = bar.add_task("loading model ...", total=None)
+        _, sessions = _database(settings)
+        try:
+            with sessions.begin() as session:
+                version = current_version(session, settings)
+                version_id = version.id
+        except ModelNotFound as exc:
+            raise click.ClickException(str(exc)) from exc
+        ctx = InferenceContext.create(settings)
+        with ctx.sessions.begin() as session:
+            ctx.current_model(session)  # load before the run's clock starts
+        # A first walk counts the images, so the bar has a total and a time left.
+        bar.update(task, description="counting files ...")
+        total = 0
+        for store in stores:
+            for _ in store.walk():
+                total += 1
+                if total % 1000 == 0:
+                    bar.update(task, completed=total)
+        bar.update(task, description="labeling", total=total, completed=0)
         pending: list[StartedBatch] = []
+        # Images found not to need a label (already labeled by this model), as of the
+        # scan's last progress report.
+        unqueued = 0
+
+        def finish(batch: StartedBatch) -> None:
+            nonlocal done, failed, finished
+            result = finish_batch(ctx, batch)
+            done, failed = done + result.done, failed + result.failed
+            finished += result.images
+            bar.update(task, completed=finished + unqueued)
 
         def send(run_id: int, ids: list[int]) -> None:
             # One batch ahead: its files decode while the previous batch predicts and is
             # stored, so neither the model nor the decoders wait at batch boundaries.
             pending.append(start_batch(ctx, run_id, ids))
             if len(pending) > 1:
-                bar.advance(task, finish_batch(ctx, pending.pop(0)).images)
+                finish(pending.pop(0))
+
+        def progress(seen: int, queued: int) -> None:
+            nonlocal unqueued
+            unqueued = seen - queued  # already labeled, plus less than a batch not yet sent
+            bar.update(task, completed=finished + unqueued)
 
         # classify always answers with this model: only its own labels count as done.
-        summary = scan(ctx.sessions, settings, stores, send, relabel=True, keep_ids=True)
+        summary = scan(
+            ctx.sessions, settings, stores, send, relabel=True, on_progress=progress, keep_ids=True
+        )
         for batch in pending:
-            bar.advance(task, finish_batch(ctx, batch).images)
+            finish(batch)
+    ctx.close()
+    click.echo(
+        f"{done} labeled, {failed} failed, {summary.skipped} already labeled, "
+        f"{not_registered_text(summary.not_registered)}, {time.monotonic() - started:.1f} s"
+        + (" (catdog -v classify lists them)" if summary.not_registered else ""),
+        err=True,
+    )
     if summary.files_seen == 0:
         raise click.ClickException("no images found under " + ", ".join(map(str, paths)))
     with sessions() as session:
-        rows = rows_for(session, summary.image_ids, version_id)
-    write_rows(rows, fmt)
-    ctx.close()
+        rows = rows_for(session, summary.image_ids, version_id, threshold)
+    write_rows(rows, fmt, _stdout())
 
 
 @click.command("scan")
@@ -99,10 +149,15 @@ def classify(
 @click.option("--relabel", is_flag=True, help="Re-label images labeled by an older model.")
 @click.option("--retry-failed", is_flag=True, help="Queue images that failed before again.")
 def scan_cmd(root: Path, wait: bool, relabel: bool, retry_failed: bool) -> None:
-    """Register images under ROOT and queue batches for the workers."""
+    """Register images under ROOT and queue batches for the workers.
+
+    Files that are not registered (not an image type, links, unreadable) are counted by
+    reason on stderr; `catdog -v scan` lists each one.
+    """
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
     from catdog.broker import make_celery
+    from catdog.cli.progress import not_registered_text, stderr_console
     from catdog.producer.queue import BrokerQueue
     from catdog.producer.scan import scan
     from catdog.stores import LocalStore
@@ -116,7 +171,8 @@ def scan_cmd(root: Path, wait: bool, relabel: bool, retry_failed: bool) -> None:
     store = LocalStore(root)
     queue = BrokerQueue(make_celery(settings), store.root)
     columns = [SpinnerColumn(), TextColumn("{task.description}")]
-    with Progress(*columns, disable=not sys.stderr.isatty()) as bar:
+    console = stderr_console()  # stdout is for the run line only
+    with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
         task = bar.add_task("scanning")
 
         def progress(seen: int, queued: int) -> None:
@@ -129,6 +185,10 @@ def scan_cmd(root: Path, wait: bool, relabel: bool, retry_failed: bool) -> None:
         f"run {summary.run_id}: {summary.files_seen} files, {summary.queued} queued, "
         f"{summary.skipped} already labeled"
     )
+    if summary.not_registered:
+        click.echo(
+            f"{not_registered_text(summary.not_registered)}: catdog -v scan lists them", err=True
+        )
     if wait:
         from catdog.ops.status import wait_for_run
 
@@ -251,21 +311,29 @@ def status(run_id: int | None, watch: bool, limit: int, fmt: str) -> None:
     help="Add every class's probability, the pixel size and sha256 of the file as read, "
     "and when it was labeled.",
 )
-def export(fmt: str, out: Path | None, details: bool) -> None:
-    """Latest result per image, failures included (same columns as classify)."""
+@threshold_option
+def export(fmt: str, out: Path | None, details: bool, threshold: float | None) -> None:
+    """Latest result per image, failures included (same columns as classify).
+
+    Rows are streamed from the database: memory stays flat for millions of results in csv,
+    jsonl and json (the table format collects them first).
+    """
     from catdog.ops.output import all_rows, write_rows
 
-    _, sessions = _database(get_settings())
+    settings = get_settings()
+    if threshold is None:
+        threshold = settings.confidence_threshold
+    _, sessions = _database(settings)
     with sessions() as session:
         if out is None:
-            n = write_rows(all_rows(session), fmt, details=details)
+            n = write_rows(all_rows(session, threshold), fmt, _stdout(), details=details)
         else:
             try:
                 fh = out.open("w", newline="", encoding="utf-8")
             except OSError as exc:
                 raise click.ClickException(f"cannot write {out}: {exc.strerror}") from exc
             with fh:
-                n = write_rows(all_rows(session), fmt, fh, details=details)
+                n = write_rows(all_rows(session, threshold), fmt, fh, details=details)
     click.echo(f"exported {n} rows" + (f" to {out}" if out else ""), err=True)
 
 

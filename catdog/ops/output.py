@@ -3,8 +3,13 @@
 
 Adding an output format is one writer function and one entry in ``WRITERS``; every command
 that prints rows offers it through ``--format`` (``catdog.cli.options.output_options``). The
-CSV and JSON Lines writers are a few lines of the standard library on purpose: they stream
-millions of rows without holding them.
+CSV, JSON Lines and JSON writers are a few lines of the standard library on purpose: they
+stream millions of rows without holding them (only the table, a view for people, collects).
+
+Text from the archive is data: file and class names are never read as Rich markup in the
+table, and a CSV cell a spreadsheet would run as a formula gets a leading ``'``
+(``FORMULA_START``). The threshold is applied here, when rows are written, not when images
+are labeled: the database keeps the model's own label and confidence.
 
 The database is imported inside the functions that read it, so the command line can read
 ``FORMATS`` without loading SQLAlchemy.
@@ -33,6 +38,14 @@ Writer = Callable[[Iterable[Mapping[str, object]], Sequence[str], IO[str]], int]
 COLUMNS = ("path", "label", "confidence", "error", "model_version")
 #: Further columns of ``export --details``: what the worker read, and when.
 DETAIL_COLUMNS = ("probabilities", "width", "height", "sha256", "labeled_at")
+#: First characters that make a spreadsheet (Excel, LibreOffice, Sheets) read a CSV cell as a
+#: formula; such cells get a leading ``'`` (OWASP's advice on CSV injection).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+#: Label shown for a result whose confidence is below the threshold asked for.
+UNCERTAIN = "uncertain"
+#: Rows fetched per database round trip while streaming an export (a server-side cursor on
+#: PostgreSQL): memory stays flat whatever the number of results.
+STREAM_CHUNK = 2000
 #: Columns of ``catdog status`` in csv and JSON (the table is ``catdog.ops.status``'s view).
 RUN_COLUMNS = ("run", "root", "state", "done", "failed", "pending", "skipped", "rate", "eta_s")
 
@@ -53,11 +66,17 @@ class Row:
     labeled_at: str | None = None
 
 
-def _row(image: Image, pred: Prediction, version: str) -> Row:
+def shown_label(label: str | None, confidence: float | None, threshold: float | None) -> str | None:
+    """The label to print: ``UNCERTAIN`` when ``confidence`` is below ``threshold``."""
+    below = threshold is not None and confidence is not None and confidence < threshold
+    return UNCERTAIN if below and label is not None else label
+
+
+def _row(image: Image, pred: Prediction, version: str, threshold: float | None = None) -> Row:
     conf = None if pred.confidence is None else round(pred.confidence, 4)
     return Row(
         str(Path(image.store) / image.path),
-        pred.label,
+        shown_label(pred.label, pred.confidence, threshold),
         conf,
         pred.error,
         version,
@@ -70,16 +89,18 @@ def _row(image: Image, pred: Prediction, version: str) -> Row:
 
 
 def _cell(value: object) -> object:
-    """A CSV cell: empty for None, JSON for a mapping."""
+    """A CSV cell: empty for None, JSON for a mapping, text that could be a formula quoted."""
     if value is None:
         return ""
     if isinstance(value, dict):
         return json.dumps(value, sort_keys=True)
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
     return value
 
 
 def write_csv(records: Iterable[Mapping[str, object]], columns: Sequence[str], out: IO[str]) -> int:
-    """A header line, then one line per record; mappings as JSON text."""
+    """A header line, then one line per record; mappings as JSON text, formulas neutralised."""
     w = csv.writer(out)
     w.writerow(columns)
     n = 0
@@ -103,10 +124,15 @@ def write_jsonl(
 def write_json(
     records: Iterable[Mapping[str, object]], columns: Sequence[str], out: IO[str]
 ) -> int:
-    """One JSON array of objects (for small outputs; jsonl streams)."""
-    items = [{c: rec[c] for c in columns if c in rec} for rec in records]
-    out.write(json.dumps(items, ensure_ascii=False, indent=2) + "\n")
-    return len(items)
+    """One JSON array of objects, written an object at a time."""
+    n = 0
+    out.write("[")
+    for rec in records:
+        item = json.dumps({c: rec[c] for c in columns if c in rec}, ensure_ascii=False, indent=2)
+        out.write(("," if n else "") + "\n  " + item.replace("\n", "\n  "))
+        n += 1
+    out.write("\n]\n" if n else "]\n")
+    return n
 
 
 def _text(value: object) -> str:
@@ -164,15 +190,20 @@ def write_records(
     return writer(records, columns, out or sys.stdout)
 
 
-def all_rows(session: Session) -> Iterable[Row]:
-    """Latest result of every image in the database."""
+def all_rows(session: Session, threshold: float | None = None) -> Iterable[Row]:
+    """Latest result of every image in the database, streamed ``STREAM_CHUNK`` rows at a time."""
     from catdog.db.queries import latest_predictions
 
-    for image, pred, version in session.execute(latest_predictions(session)):
-        yield _row(image, pred, version)
+    # yield_per fetches in chunks (a server-side cursor on PostgreSQL); the session holds
+    # loaded objects weakly, so rows already written are freed.
+    stmt = latest_predictions(session).execution_options(yield_per=STREAM_CHUNK)
+    for image, pred, version in session.execute(stmt):
+        yield _row(image, pred, version, threshold)
 
 
-def rows_for(session: Session, image_ids: list[int], model_version_id: int) -> list[Row]:
+def rows_for(
+    session: Session, image_ids: list[int], model_version_id: int, threshold: float | None = None
+) -> list[Row]:
     """Results of ``image_ids`` by one model version, in path order."""
     from sqlalchemy import select
 
@@ -188,7 +219,7 @@ def rows_for(session: Session, image_ids: list[int], model_version_id: int) -> l
             .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
             .where(Image.id.in_(chunk), Prediction.model_version_id == model_version_id)
         )
-        rows.extend(_row(*r) for r in session.execute(stmt))
+        rows.extend(_row(*r, threshold) for r in session.execute(stmt))
     return sorted(rows, key=lambda r: r.path)
 
 

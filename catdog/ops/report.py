@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from catdog.db.queries import latest_predictions
 from catdog.images import ImageError, thumbnail_jpeg
+from catdog.ops.output import shown_label
 from catdog.settings import Settings
 from catdog.stores import open_store
 
@@ -90,8 +91,11 @@ class Summary:
         return self.labeled + self.failed
 
 
-def summarize(session: Session, gallery_size: int = GALLERY_SIZE) -> Summary:
-    """Fold the latest prediction of every image into a ``Summary``."""
+def summarize(
+    session: Session, gallery_size: int = GALLERY_SIZE, threshold: float | None = None
+) -> Summary:
+    """Fold the latest prediction of every image into a ``Summary``; labels below
+    ``threshold`` count as ``uncertain``, as export and classify print them."""
     summary = Summary()
     bins: dict[str, list[int]] = defaultdict(lambda: [0] * HIST_BINS)
     # Max-heap (by negated confidence) of the gallery_size least confident images; the image
@@ -107,7 +111,7 @@ def summarize(session: Session, gallery_size: int = GALLERY_SIZE) -> Summary:
             if len(summary.failures) < FAILURES_LISTED:
                 summary.failures.append(Failure(location, prediction.error))
             continue
-        label = prediction.label or "?"
+        label = shown_label(prediction.label, prediction.confidence, threshold) or "?"
         confidence = prediction.confidence if prediction.confidence is not None else 0.0
         summary.labeled += 1
         summary.per_label[label] += 1
@@ -137,6 +141,7 @@ def write_report(
     store_roots: Sequence[Path] = (),
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    threshold: float | None = None,
 ) -> Summary:
     """Write ``index.html`` and the histogram into ``out_dir``; return what they show.
 
@@ -145,7 +150,7 @@ def write_report(
     ``store_roots``, never blocking on a pipe, bounded in bytes and pixels.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = summarize(session)
+    summary = summarize(session, threshold=threshold)
     plot_histogram(summary.histogram, out_dir / HISTOGRAM_FILE)
     roots = list(store_roots)
     thumbs = [

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -43,7 +44,7 @@ def status_table(runs: list[ScanRun]) -> Table:
         state = "finished" if r.finished else ("labeling" if r.enqueued else "scanning")
         table.add_row(
             str(r.id),
-            r.root,
+            Text(r.root),  # a folder named "[/]" is data, not Rich markup
             state,
             str(r.done),
             str(r.failed),
