@@ -1,5 +1,8 @@
-"""Shared fixtures: generated images, a tiny model, and the real Redis and PostgreSQL.
+"""Shared fixtures: generated images, a tiny model, and Redis and PostgreSQL of the tests' own.
 
+The tests never touch data they did not make: a session starts its own ``redis-server`` on a
+free port and creates its own PostgreSQL database (``catdog_test_<pid>_<random>``, dropped at
+the end), unless ``CATDOG_TEST_REDIS`` / ``CATDOG_TEST_POSTGRES`` name servers to use as given.
 Plain helpers (``make_image``, ``build_tiny_model``, ...) live in ``helpers.py``.
 """
 
@@ -15,11 +18,18 @@ import pytest
 from helpers import WorkerProcess, build_tiny_model, make_cluster_env, make_image
 from services import RedisServer
 
-#: The real services on this machine; CI starts them, a laptop may not have them.
-REDIS_URL = os.environ.get("CATDOG_TEST_REDIS", "redis://127.0.0.1:6379")
-POSTGRES_URL = os.environ.get(
-    "CATDOG_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
+#: A Redis to use as given (its database number, else ``CATDOG_TEST_REDIS_DB``, is flushed
+#: around each test); unset, each session starts a private ``redis-server``.
+GIVEN_REDIS = os.environ.get("CATDOG_TEST_REDIS")
+#: Database number used on a given Redis whose URL names none (the suite's old default).
+GIVEN_REDIS_DB = int(os.environ.get("CATDOG_TEST_REDIS_DB", "11"))
+#: A PostgreSQL database to use as given (one schema per test inside it); unset, each session
+#: creates a database of its own on ``POSTGRES_SERVER`` and drops it at the end.
+GIVEN_POSTGRES = os.environ.get("CATDOG_TEST_POSTGRES")
+#: The server (and maintenance database) on which a session creates its database.
+POSTGRES_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+#: Prefix of the databases sessions create; the process id tells whose a leftover is.
+SESSION_DATABASE_PREFIX = "catdog_test_"
 #: Real photos, when the shared data set sits beside the repository.
 SHARED_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "catsdogs-train"
 
@@ -66,20 +76,56 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'catdog.db'}"
 
 
+def session_database_name() -> str:
+    """A fresh name for this session's database, with this process's id in it."""
+    return f"{SESSION_DATABASE_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """The session's PostgreSQL database: ``CATDOG_TEST_POSTGRES`` as given, else one created
+    on the local server for this session and dropped (connections and all) at its end."""
+    if GIVEN_POSTGRES:
+        yield GIVEN_POSTGRES
+        return
+    from sqlalchemy import create_engine, make_url, text
+
+    name = session_database_name()
+    admin = create_engine(POSTGRES_SERVER, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001 - any connection failure means "no server"
+        admin.dispose()
+        _service_missing("PostgreSQL", exc)
+    try:
+        yield make_url(POSTGRES_SERVER).set(database=name).render_as_string(hide_password=False)
+    finally:
+        from catdog.db.engine import engine_for
+
+        engine_for.cache_clear()
+        # FORCE: a worker a test left behind must not keep the database alive.
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A private schema in the real PostgreSQL test database, dropped afterwards."""
-    from sqlalchemy import create_engine, text
+def postgres_url(postgres_database: str) -> Iterator[str]:
+    """A private schema in the session's PostgreSQL database, dropped afterwards."""
+    from sqlalchemy import create_engine, make_url, text
 
     schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_URL)
+    admin = create_engine(postgres_database)
     try:
         with admin.begin() as conn:
             conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     except Exception as exc:  # noqa: BLE001 - any connection failure means "no server"
+        admin.dispose()
         _service_missing("PostgreSQL", exc)
     # libpq's options parameter sets the search_path for every connection of this URL.
-    yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    url = make_url(postgres_database).update_query_dict({"options": f"-csearch_path={schema}"})
+    yield url.render_as_string(hide_password=False)
     from catdog.db.engine import engine_for
 
     engine_for.cache_clear()
@@ -88,13 +134,40 @@ def postgres_url() -> Iterator[str]:
     admin.dispose()
 
 
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The session's Redis, as a URL without a database: ``CATDOG_TEST_REDIS`` as given, else
+    a private ``redis-server`` on a free port, stopped at the end of the session."""
+    if GIVEN_REDIS:
+        yield GIVEN_REDIS
+        return
+    try:
+        server = RedisServer(tmp_path_factory.mktemp("redis"), durable=False)
+        server.start()
+    except Exception as exc:  # noqa: BLE001 - no redis-server binary or it cannot start
+        _service_missing("redis-server", exc)
+    try:
+        yield server.url().rsplit("/", 1)[0]
+    finally:
+        server.kill()
+
+
+def redis_database_url(server: str) -> str:
+    """``server`` with a database number: the given one, else the suite's (0 on a private
+    server, ``CATDOG_TEST_REDIS_DB`` on a given one)."""
+    from urllib.parse import urlsplit
+
+    if urlsplit(server).path.strip("/"):
+        return server
+    return f"{server.rstrip('/')}/{GIVEN_REDIS_DB if GIVEN_REDIS else 0}"
+
+
 @pytest.fixture
-def redis_url() -> Iterator[str]:
-    """A Redis database number of its own, flushed before and after."""
+def redis_url(redis_server: str) -> Iterator[str]:
+    """A database on the session's Redis, flushed before and after each test."""
     import redis
 
-    db = int(os.environ.get("CATDOG_TEST_REDIS_DB", "11"))
-    url = f"{REDIS_URL}/{db}"
+    url = redis_database_url(redis_server)
     client = redis.Redis.from_url(url)
     try:
         client.flushdb()

@@ -1,8 +1,8 @@
-"""Throwaway servers for fault tests: a private Redis to restart, a TCP proxy to cut.
+"""Servers the tests own: a private Redis per session (or per fault test), a TCP proxy to cut.
 
-The shared Redis and PostgreSQL on the machine serve everyone's tests, so faults are never
-injected into them: a test breaks its own Redis, or the proxy between its workers and
-PostgreSQL.
+Tests never flush or break a server they did not start: each session starts its own
+``redis-server`` on a free port, and a fault test breaks its own Redis, or the proxy between
+its workers and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -27,19 +27,22 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A private ``redis-server`` with an append-only file, so a restart keeps the queue."""
+    """A private ``redis-server``; ``durable`` (the default) keeps an append-only file, so a
+    restart keeps the queue."""
 
     def __init__(
         self,
         workdir: Path,
         password: str | None = None,
         tls: tuple[Path, Path, Path] | None = None,
+        durable: bool = True,
     ) -> None:
         if shutil.which("redis-server") is None:
             raise FileNotFoundError("redis-server is not installed")
         self.workdir = workdir
         self.password = password
         self.tls = tls  # (CA, certificate, key): TLS only, no plain port
+        self.durable = durable
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
@@ -61,8 +64,11 @@ class RedisServer:
         else:
             args += ["--port", str(self.port)]
         args += ["--dir", str(self.workdir), "--save", "", "--logfile", "redis.log"]
-        # Every write is on disk before it is acknowledged: a SIGKILL loses no message.
-        args += ["--appendonly", "yes", "--appendfsync", "always"]
+        if self.durable:
+            # Every write is on disk before it is acknowledged: a SIGKILL loses no message.
+            args += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            args += ["--appendonly", "no"]  # a session's scratch server: speed over survival
         if self.password:
             args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
