@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -27,34 +26,27 @@ from catdog.broker import (
     UNACKED_KEY,
     make_celery,
 )
-from catdog.db.models import Base, ScanRun
+from catdog.db.migrate import upgrade
+from catdog.db.models import Base, Image, ModelVersion, Prediction, ScanRun
 from catdog.ops import exporter
+from catdog.producer.scan import scan
 from catdog.settings import Settings
+from catdog.stores import LocalStore
 from catdog.workers import metrics
-
-#: A Redis database of these tests' own, so flushing it disturbs no other suite.
-METRICS_REDIS_DB = 13
+from catdog.workers.inference import InferenceContext, classify_batch
+from helpers import make_image
 
 
 @pytest.fixture
-def broker() -> Iterator[str]:
-    """The real Redis on this machine (database 13), flushed before and after."""
-    url = f"{os.environ.get('CATDOG_TEST_REDIS', 'redis://127.0.0.1:6379')}/{METRICS_REDIS_DB}"
-    client = redis.Redis.from_url(url)
-    try:
-        client.flushdb()
-    except redis.RedisError as exc:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"Redis is required in CI but unavailable: {exc}")
-        pytest.skip(f"Redis unavailable: {exc}")
-    yield url
-    client.flushdb()
-    client.close()
+def broker(redis_url: str) -> str:
+    """The tests' own Redis (conftest's ``redis_url``: a private server unless told)."""
+    return redis_url
 
 
 @pytest.fixture
 def session(sqlite_url: str) -> Iterator[Session]:
-    """A SQLite database with three scan runs: finished, labeling and scanning."""
+    """A SQLite database with three scan runs (finished, labeling and scanning) and four
+    images, two of them failed now (a third failed, then a newer model labeled it)."""
     engine = create_engine(sqlite_url)
     Base.metadata.create_all(engine)
     now = datetime.now(UTC)
@@ -66,6 +58,20 @@ def session(sqlite_url: str) -> Iterator[Session]:
                 ScanRun(root='/c "quoted"', total=5),
             ]
         )
+        old, new = (ModelVersion(version=v, file=f"/{v}.keras", sha256=v) for v in ("old", "new"))
+        images = [Image(store="/a", path=f"{i}.jpg", size=1, mtime=0.0) for i in range(4)]
+        session.add_all([old, new, *images])
+        session.flush()
+        session.add_all(
+            [
+                Prediction(image_id=images[0].id, model_version_id=old.id, error="truncated"),
+                Prediction(image_id=images[1].id, model_version_id=old.id, error="empty"),
+                Prediction(image_id=images[2].id, model_version_id=old.id, label="cat"),
+                Prediction(image_id=images[3].id, model_version_id=old.id, error="too large"),
+            ]
+        )
+        session.flush()  # the relabel below is the newer row
+        session.add(Prediction(image_id=images[3].id, model_version_id=new.id, label="dog"))
         session.commit()
         yield session
     engine.dispose()
@@ -90,7 +96,7 @@ def test_run_counters_and_pending_images_come_from_scan_runs(session: Session) -
     """Labeled, failed and pending images are reported per run and in total."""
     text = exporter.metrics_text(session)
     assert sample(text, "catdog_images_labeled_total") == 49
-    assert sample(text, "catdog_images_failed_total") == 3
+    assert sample(text, "catdog_images_failed") == 2
     assert sample(text, "catdog_images_pending") == 58 + 5
     assert sample(text, "catdog_run_images_pending", run="2", root="/b") == 58
     assert sample(text, "catdog_run_finished", run="1", root="/a") == 1
@@ -195,7 +201,7 @@ def test_a_failing_scrape_answers_500_and_the_server_keeps_serving(session: Sess
             urllib.request.urlopen(url, timeout=5)
         assert failed.value.code == 500
         with urllib.request.urlopen(url, timeout=5) as response:
-            assert sample(response.read().decode(), "catdog_images_failed_total") == 3
+            assert sample(response.read().decode(), "catdog_images_failed") == 2
     finally:
         server.shutdown()
         server.server_close()
@@ -209,3 +215,34 @@ def test_the_exporter_talks_to_redis_with_the_tls_settings(tmp_path: Path) -> No
     collector = exporter.CatdogCollector(nullcontext, settings)  # type: ignore[arg-type]
     assert collector.client is not None
     assert collector.client.connection_pool.connection_kwargs["ssl_ca_certs"] == str(ca)
+
+
+def test_retried_failures_count_once_and_not_after_a_retry_labels_them(
+    photo_dir: Path, sqlite_url: str, tiny_model: Path
+) -> None:
+    """Two broken files, scanned then retried with ``--retry-failed``: the runs record four
+    failures, the metric two images; once the files are fixed and retried, none."""
+    settings = Settings(database_url=sqlite_url, model=tiny_model)  # type: ignore[arg-type]
+    ctx = InferenceContext.create(settings)
+    upgrade(ctx.engine)
+
+    def send(run: int, ids: list[int]) -> None:
+        classify_batch(ctx, run, ids)
+
+    def scan_and_label(retry_failed: bool = False) -> None:
+        scan(ctx.sessions, settings, [LocalStore(photo_dir)], send, retry_failed=retry_failed)
+
+    def failed_now() -> float:
+        with ctx.sessions() as session:
+            return sample(exporter.metrics_text(session), "catdog_images_failed")
+
+    scan_and_label()
+    scan_and_label(retry_failed=True)
+    with ctx.sessions() as session:
+        assert sum(run.failed for run in session.scalars(select(ScanRun))) == 4
+    assert failed_now() == 2
+    for broken in ("broken.jpg", "empty.png"):  # fixed files: new size and mtime
+        make_image(photo_dir / broken, "cat")
+    scan_and_label(retry_failed=True)
+    ctx.close()
+    assert failed_now() == 0

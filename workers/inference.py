@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from catdog.db import registry
 from catdog.db.engine import engine_for, session_factory
 from catdog.db.queries import Outcome, image_locations, save_outcomes
-from catdog.images import Decoded, ImageError, from_bytes
+from catdog.images import Decoded, ImageError, PixelBudget, from_bytes, shared_budget
 from catdog.settings import Settings
 from catdog.stores import open_store
 from catdog.workers.model import LoadedModel, load_model
@@ -35,8 +35,11 @@ class BatchResult:
     done: int
     failed: int
     images: int
+    #: Seconds from the model being ready to the results being stored (loading excluded).
     seconds: float
     model_version: str
+    #: Seconds this batch waited for its model to load (0 when it was already loaded).
+    load_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, object]:
         """JSON-friendly form (Celery results are JSON)."""
@@ -46,6 +49,7 @@ class BatchResult:
             "images": self.images,
             "seconds": round(self.seconds, 3),
             "model_version": self.model_version,
+            "load_seconds": round(self.load_seconds, 3),
         }
 
 
@@ -58,12 +62,14 @@ def _usable_cpus() -> int:
 
 @dataclass
 class InferenceContext:
-    """Per-process resources built once: engine, decode threads, the loaded model."""
+    """Per-process resources built once: engine, decode threads and their budget, the model."""
 
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
     pool: ThreadPoolExecutor
+    #: Shared by the decode threads: how many pixels they may hold at once, all together.
+    budget: PixelBudget = field(default_factory=shared_budget)
     model: LoadedModel | None = None
     _pinned_version_id: int | None = field(default=None, repr=False)
 
@@ -73,7 +79,8 @@ class InferenceContext:
         engine = engine_for(settings.database())
         threads = settings.decode_threads or max(4, _usable_cpus())
         pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
-        return cls(settings, engine, session_factory(engine), pool)
+        budget = shared_budget(settings.decode_pixel_budget)
+        return cls(settings, engine, session_factory(engine), pool, budget)
 
     def current_model(self, session: Session) -> LoadedModel:
         """The model to use for the next batch, reloaded if production changed."""
@@ -108,7 +115,7 @@ def _decode_one(
     s = ctx.settings
     try:
         data = open_store(store, list(s.store_roots)).read(relpath, s.max_file_bytes)
-        return from_bytes(data, size, s.max_image_pixels)
+        return from_bytes(data, size, s.max_image_pixels, ctx.budget)
     except ImageError as exc:
         return str(exc)
     except Exception as exc:  # noqa: BLE001 - one odd file must not stop the batch
@@ -138,21 +145,33 @@ class StartedBatch:
     model: LoadedModel
     ids: list[int]
     futures: list[Future[Decoded | str]]
+    #: When the batch's own work began: after its model was ready.
     started: float
+    load_seconds: float = 0.0
 
 
 def start_batch(
     ctx: InferenceContext, run_id: int | None, image_ids: Sequence[int]
 ) -> StartedBatch:
-    """Look up where the images are and queue their decoding on the thread pool."""
+    """Look up where the images are and queue their decoding on the thread pool.
+
+    A model switch (seconds of loading) happens here; the batch's clock starts once the
+    model is ready, so batch latency and images per second describe labeling, not loading.
+    """
     started = time.perf_counter()
     with ctx.sessions.begin() as session:  # commits a first sight of the model file
+        previous = ctx.model
         model = ctx.current_model(session)
+        load_seconds = 0.0
+        if model is not previous:
+            ready = time.perf_counter()
+            load_seconds, started = ready - started, ready
+            log.info("model %s loaded in %.1fs", model.version, load_seconds)
         where = image_locations(session, image_ids)
     ids = [i for i in image_ids if i in where]  # rows deleted since the scan have no result
     size = model.input_size
     futures = [ctx.pool.submit(_decode_one, ctx, *where[i], size) for i in ids]
-    return StartedBatch(run_id, model, ids, futures, started)
+    return StartedBatch(run_id, model, ids, futures, started, load_seconds)
 
 
 def finish_batch(ctx: InferenceContext, batch: StartedBatch) -> BatchResult:
@@ -201,7 +220,7 @@ def finish_batch(ctx: InferenceContext, batch: StartedBatch) -> BatchResult:
         elapsed,
         len(ids) / max(elapsed, 1e-9),
     )
-    return BatchResult(done, failed, len(ids), elapsed, model.version)
+    return BatchResult(done, failed, len(ids), elapsed, model.version, batch.load_seconds)
 
 
 def classify_batch(

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from catdog.broker import (
     INFERENCE_QUEUE,
@@ -35,7 +35,7 @@ from catdog.broker import (
     queue_depth,
     redis_client,
 )
-from catdog.db.models import ScanRun
+from catdog.db.models import Prediction, ScanRun
 from catdog.settings import Settings
 from catdog.workers.metrics import WORKER_KEY_PREFIX
 
@@ -170,9 +170,7 @@ PER_WORKER: tuple[
 
 def run_families(session: Session) -> list[Metric]:
     """Images labeled, failed and pending, in total and per recent or unfinished scan run."""
-    labeled_total, failed_total = session.execute(
-        select(func.coalesce(func.sum(ScanRun.done), 0), func.coalesce(func.sum(ScanRun.failed), 0))
-    ).one()
+    labeled_total = session.execute(select(func.coalesce(func.sum(ScanRun.done), 0))).scalar_one()
     recent = select(ScanRun.id).order_by(ScanRun.id.desc()).limit(RECENT_RUNS).scalar_subquery()
     runs = session.scalars(
         select(ScanRun)
@@ -186,10 +184,12 @@ def run_families(session: Session) -> list[Metric]:
         "Images labeled by all scan runs (a relabeled image counts again).",
     )
     labeled.add_metric([], int(labeled_total))
-    failed = _counter(
-        "catdog_images_failed_total", "Images recorded as failed with a reason by all scan runs."
+    failed = _gauge(
+        "catdog_images_failed",
+        "Images whose latest result is a failure (a retried image counts once, and not at all "
+        "once a retry labels it).",
     )
-    failed.add_metric([], int(failed_total))
+    failed.add_metric([], failed_images(session))
     pending_all = _gauge(
         "catdog_images_pending", "Queued images still without a result, over unfinished runs."
     )
@@ -202,6 +202,26 @@ def run_families(session: Session) -> list[Metric]:
             family.add_metric([str(run.id), run.root], value(run, pending[run.id]))
         families.append(family)
     return families
+
+
+def failed_images(session: Session) -> int:
+    """Images whose newest prediction (the one export and report show) is a failure.
+
+    Not a sum over scan runs: ``scan --retry-failed`` queues the same files in a new run, so
+    each retry would count them again.
+    """
+    newer = aliased(Prediction)
+    has_newer = select(newer.id).where(
+        newer.image_id == Prediction.image_id, newer.id > Prediction.id
+    )
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(Prediction)
+            .where(Prediction.error.is_not(None), ~has_newer.exists())
+        )
+        or 0
+    )
 
 
 def broker_families(client: redis.Redis, app: Celery) -> list[Metric]:
