@@ -123,11 +123,11 @@ def metrics(port: int | None, address: str) -> None:
 @threshold_option
 def report(out_dir: Path, threshold: float | None) -> None:
     """Write an HTML results report: counts, confidence histogram, doubtful images, failures."""
-    from catdog.db.engine import engine_for, session_factory
+    from catdog.cli.pipeline import read_only_sessions
     from catdog.ops.report import write_report
 
     settings = get_settings()
-    with session_factory(engine_for(settings.database()))() as session:
+    with read_only_sessions(settings)() as session:
         summary = write_report(
             session,
             out_dir,

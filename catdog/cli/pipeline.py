@@ -24,13 +24,33 @@ NO_BROKER = "CATDOG_BROKER_URL is not set"
 
 
 def _database(settings: Settings):  # type: ignore[no-untyped-def]
-    """Engine + session factory with migrations applied (the embedded mode needs no setup)."""
+    """Engine + session factory with migrations applied (the embedded mode needs no setup);
+    a database that is briefly away (a restart) is waited for, with a warning per retry."""
     from catdog.db.engine import engine_for, session_factory
     from catdog.db.migrate import upgrade
+    from catdog.db.retry import retrying
 
     engine = engine_for(settings.database())
-    upgrade(engine)
+    retrying(lambda: upgrade(engine), "applying migrations")
     return engine, session_factory(engine)
+
+
+def read_only_sessions(settings: Settings):  # type: ignore[no-untyped-def]
+    """Sessions for a command that only reads (status, export, report, models list): it
+    never creates or migrates the schema, and says in one line when there is none."""
+    from catdog.db.engine import engine_for, session_factory
+    from catdog.db.migrate import SchemaNotReady, missing_sqlite_file, require_schema, safe_url
+    from catdog.db.retry import retrying
+
+    url = settings.database()
+    if missing_sqlite_file(url) is not None:  # connecting would create the file
+        raise click.ClickException(f"no catdog schema in {safe_url(url)}: run `catdog db upgrade`")
+    engine = engine_for(url)
+    try:
+        retrying(lambda: require_schema(engine, url), "reading the schema revision")
+    except SchemaNotReady as exc:
+        raise click.ClickException(str(exc)) from exc
+    return session_factory(engine)
 
 
 def _stdout() -> IO[str]:
@@ -273,31 +293,33 @@ def worker(
 @output_options()
 def status(run_id: int | None, watch: bool, limit: int, fmt: str) -> None:
     """Progress of scan runs: done, failed, pending, rate and ETA."""
-    from sqlalchemy import select
-
     from catdog.db.models import ScanRun
-    from catdog.ops.output import RUN_COLUMNS, run_record, write_records
-    from catdog.ops.status import show_status, wait_for_run
+    from catdog.db.retry import retrying
+    from catdog.ops.output import RUN_COLUMNS, write_records
+    from catdog.ops.status import read_runs, run_record, show_status, wait_for_run
 
     if watch and fmt != "table":
         raise click.UsageError("--watch shows a live table: use it without --format")
-    _, sessions = _database(get_settings())
-    if run_id is not None:
+    sessions = read_only_sessions(get_settings())
+
+    def exists() -> bool:
         with sessions() as session:
-            if session.get(ScanRun, run_id) is None:
-                raise click.ClickException(f"no run {run_id}")
+            return session.get(ScanRun, run_id) is not None
+
+    if run_id is not None:
+        if not retrying(exists, f"reading run {run_id}"):
+            raise click.ClickException(f"no run {run_id}")
         if watch:
             if not wait_for_run(sessions, run_id):
                 raise click.ClickException(f"run {run_id} did not finish")
             return
     if fmt != "table":
-        with sessions() as session:
-            stmt = select(ScanRun).order_by(ScanRun.id.desc()).limit(limit)
-            if run_id is not None:
-                stmt = select(ScanRun).where(ScanRun.id == run_id)
-            write_records(map(run_record, session.scalars(stmt)), RUN_COLUMNS, fmt)
+        write_records(map(run_record, read_runs(sessions, run_id, limit)), RUN_COLUMNS, fmt)
         return
-    show_status(sessions, run_id, limit, watch)
+    try:
+        show_status(sessions, run_id, limit, watch)
+    except LookupError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @click.command()
@@ -323,7 +345,7 @@ def export(fmt: str, out: Path | None, details: bool, threshold: float | None) -
     settings = get_settings()
     if threshold is None:
         threshold = settings.confidence_threshold
-    _, sessions = _database(settings)
+    sessions = read_only_sessions(settings)
     with sessions() as session:
         if out is None:
             n = write_rows(all_rows(session, threshold), fmt, _stdout(), details=details)
@@ -344,9 +366,15 @@ def db() -> None:
 
 @db.command()
 def upgrade() -> None:
-    """Apply migrations to CATDOG_DATABASE_URL."""
-    _database(get_settings())
-    click.echo("database is up to date")
+    """Apply migrations to CATDOG_DATABASE_URL and say what was done."""
+    from catdog.db.engine import engine_for
+    from catdog.db.migrate import safe_url, upgrade_message
+    from catdog.db.migrate import upgrade as migrate
+    from catdog.db.retry import retrying
+
+    url = get_settings().database()
+    before, after = retrying(lambda: migrate(engine_for(url)), "applying migrations")
+    click.echo(f"{safe_url(url)}: {upgrade_message(before, after)}")
 
 
 def register(group: click.Group) -> None:

@@ -46,6 +46,14 @@ def _session() -> Any:
     return session_factory(engine)()
 
 
+def _read_only_session() -> Any:
+    """A session that never creates or migrates the schema (``models list``)."""
+    from catdog.cli.pipeline import read_only_sessions
+    from catdog.settings import get_settings
+
+    return read_only_sessions(get_settings())()
+
+
 @click.command()
 @click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
@@ -363,7 +371,7 @@ def list_models(fmt: str) -> None:
 
     from catdog.db.models import ModelVersion
 
-    with _session() as session:
+    with _read_only_session() as session:
         rows = session.scalars(select(ModelVersion).order_by(ModelVersion.created)).all()
         records = [
             {

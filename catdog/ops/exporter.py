@@ -24,7 +24,7 @@ from kombu.exceptions import OperationalError
 from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from catdog.broker import (
@@ -35,7 +35,8 @@ from catdog.broker import (
     queue_depth,
     redis_client,
 )
-from catdog.db.models import Prediction, ScanRun
+from catdog.db.models import Prediction, ScanRun, utcnow
+from catdog.db.runs import pending as pending_images
 from catdog.settings import Settings
 from catdog.workers.metrics import WORKER_KEY_PREFIX
 
@@ -174,10 +175,15 @@ def run_families(session: Session) -> list[Metric]:
     recent = select(ScanRun.id).order_by(ScanRun.id.desc()).limit(RECENT_RUNS).scalar_subquery()
     runs = session.scalars(
         select(ScanRun)
-        .where(or_(ScanRun.finished.is_(None), ScanRun.id.in_(recent)))
+        .where(
+            or_(and_(ScanRun.finished.is_(None), ScanRun.ended.is_(None)), ScanRun.id.in_(recent))
+        )
         .order_by(ScanRun.id)
     ).all()
-    pending = {run.id: max(run.total - run.done - run.failed, 0) for run in runs}
+    # Pending as `catdog status` shows it: a run that ended (its producer interrupted or gone)
+    # waits for nothing; its unqueued images are counted by the scan that queues them.
+    now = utcnow()
+    pending = {run.id: pending_images(run, now) for run in runs}
 
     labeled = _counter(
         "catdog_images_labeled_total",
@@ -191,9 +197,9 @@ def run_families(session: Session) -> list[Metric]:
     )
     failed.add_metric([], failed_images(session))
     pending_all = _gauge(
-        "catdog_images_pending", "Queued images still without a result, over unfinished runs."
+        "catdog_images_pending", "Queued images still without a result, over live runs."
     )
-    pending_all.add_metric([], sum(pending[run.id] for run in runs if run.finished is None))
+    pending_all.add_metric([], sum(pending.values()))
 
     families: list[Metric] = [labeled, failed, pending_all]
     for name, doc, value in PER_RUN:
