@@ -13,13 +13,10 @@ from typing import Any
 import click
 
 from catdog.cli.options import output_options
-from catdog.ops.output import write_records
 from catdog.training.archs import ARCHS
 
 #: Seconds between polls of a queued training job's state (``retrain --wait``).
 POLL_SECONDS = 2.0
-#: Columns of ``catdog models list``.
-MODEL_COLUMNS = ("production", "version", "arch", "accuracy", "created", "file")
 #: ``--arch``: the names and one-line descriptions of the architecture table (no Keras).
 ARCH_CHOICE = click.Choice(list(ARCHS))
 ARCH_HELP = "; ".join(f"{a.name}: {a.description}" for a in ARCHS.values())
@@ -44,14 +41,6 @@ def _session() -> Any:
     engine = engine_for(get_settings().database())
     upgrade(engine)
     return session_factory(engine)()
-
-
-def _read_only_session() -> Any:
-    """A session that never creates or migrates the schema (``models list``)."""
-    from catdog.cli.pipeline import read_only_sessions
-    from catdog.settings import get_settings
-
-    return read_only_sessions(get_settings())()
 
 
 @click.command()
@@ -366,27 +355,18 @@ def models(ctx: click.Context) -> None:
 @models.command("list")
 @output_options()
 def list_models(fmt: str) -> None:
-    """List registered model versions, oldest first, and which one is in production."""
-    from sqlalchemy import select
+    """List model versions, oldest first: which one is production (the bundled model until a
+    first promotion), and each accuracy with the validation set it was measured on."""
+    from catdog.ops.model_list import model_rows, write_model_rows
 
-    from catdog.db.models import ModelVersion
-
-    with _read_only_session() as session:
-        rows = session.scalars(select(ModelVersion).order_by(ModelVersion.created)).all()
-        records = [
-            {
-                "production": row.is_production,
-                "version": row.version,
-                "arch": row.arch,
-                "accuracy": row.metrics.get("accuracy"),
-                "created": f"{row.created:%Y-%m-%d %H:%M}",
-                "file": row.file,
-            }
-            for row in rows
-        ]
-    if not records:
-        click.echo("no registered models (catdog retrain, or catdog models promote)", err=True)
-    write_records(records, MODEL_COLUMNS, fmt)
+    with _session() as session:
+        rows = model_rows(session)
+    if not any(row.registered for row in rows):
+        bundled = " yet: the bundled model is production" if rows else ""
+        click.echo(
+            f"no registered models{bundled} (catdog retrain, or catdog models promote)", err=True
+        )
+    write_model_rows(rows, fmt)
 
 
 @models.command("promote")
