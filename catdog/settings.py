@@ -102,6 +102,14 @@ class Settings(BaseSettings):
         default=None,
         description="threads decoding images per worker; unset: usable CPUs, at least 4",
     )
+    # catdog.images.DEFAULT_PIXEL_BUDGET (that layer cannot read settings): 150 M pixels at
+    # 8 bytes each is about 1.1 GiB, whatever the number of decode threads.
+    decode_pixel_budget: int = Field(
+        default=150_000_000,
+        gt=0,
+        description="pixels a worker's decode threads hold at once, all together; a larger "
+        "image decodes alone",
+    )
     # Also how many times a batch may stop its worker (crash, kill) before it is given up.
     max_retries: int = Field(
         default=5, description="retries of a failing batch before its images are recorded as failed"

@@ -27,7 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from catdog.images import IMAGE_EXTENSIONS, ImageError, decode, read_file
+from catdog.images import (
+    IMAGE_EXTENSIONS,
+    ImageError,
+    PixelBudget,
+    decode,
+    read_file,
+    shared_budget,
+)
 from catdog.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -223,12 +230,19 @@ def split(
 
 
 def decode_file(
-    path: str | bytes, size: tuple[int, int], max_pixels: int, max_bytes: int
+    path: str | bytes,
+    size: tuple[int, int],
+    max_pixels: int,
+    max_bytes: int,
+    budget: PixelBudget | None = None,
 ) -> np.ndarray | None:
-    """The file's pixels at ``size`` (h, w) as the workers decode them; None when unreadable."""
+    """The file's pixels at ``size`` (h, w) as the workers decode them; None when unreadable.
+
+    ``budget`` is shared by the pipeline's parallel calls (the process's default when None).
+    """
     name = os.fsdecode(path)
     try:
-        return decode(read_file(Path(name), max_bytes), size, max_pixels)[0]
+        return decode(read_file(Path(name), max_bytes), size, max_pixels, budget)[0]
     except ImageError as exc:
         log.warning("left out %s: %s", name, exc)
         return None
@@ -257,12 +271,14 @@ def make_pipeline(
 
     height, width = image_size
     settings = get_settings()
+    # tf.data decodes as many files at once as it likes: the budget bounds their memory.
+    budget = shared_budget(settings.decode_pixel_budget)
     autotune = tf.data.AUTOTUNE
     blank = np.zeros((height, width, 3), np.uint8)
 
     def read(path: bytes) -> tuple[np.ndarray, np.bool_]:
         pixels = decode_file(
-            path, (height, width), settings.max_image_pixels, settings.max_file_bytes
+            path, (height, width), settings.max_image_pixels, settings.max_file_bytes, budget
         )
         return (blank, np.False_) if pixels is None else (pixels, np.True_)
 

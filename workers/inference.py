@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from catdog.db import registry
 from catdog.db.engine import engine_for, session_factory
 from catdog.db.queries import Outcome, image_locations, save_outcomes
-from catdog.images import Decoded, ImageError, from_bytes
+from catdog.images import Decoded, ImageError, PixelBudget, from_bytes, shared_budget
 from catdog.settings import Settings
 from catdog.stores import open_store
 from catdog.workers.model import LoadedModel, load_model
@@ -62,12 +62,14 @@ def _usable_cpus() -> int:
 
 @dataclass
 class InferenceContext:
-    """Per-process resources built once: engine, decode threads, the loaded model."""
+    """Per-process resources built once: engine, decode threads and their budget, the model."""
 
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
     pool: ThreadPoolExecutor
+    #: Shared by the decode threads: how many pixels they may hold at once, all together.
+    budget: PixelBudget = field(default_factory=shared_budget)
     model: LoadedModel | None = None
     _pinned_version_id: int | None = field(default=None, repr=False)
 
@@ -77,7 +79,8 @@ class InferenceContext:
         engine = engine_for(settings.database())
         threads = settings.decode_threads or max(4, _usable_cpus())
         pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
-        return cls(settings, engine, session_factory(engine), pool)
+        budget = shared_budget(settings.decode_pixel_budget)
+        return cls(settings, engine, session_factory(engine), pool, budget)
 
     def current_model(self, session: Session) -> LoadedModel:
         """The model to use for the next batch, reloaded if production changed."""
@@ -112,7 +115,7 @@ def _decode_one(
     s = ctx.settings
     try:
         data = open_store(store, list(s.store_roots)).read(relpath, s.max_file_bytes)
-        return from_bytes(data, size, s.max_image_pixels)
+        return from_bytes(data, size, s.max_image_pixels, ctx.budget)
     except ImageError as exc:
         return str(exc)
     except Exception as exc:  # noqa: BLE001 - one odd file must not stop the batch
