@@ -12,11 +12,15 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from helpers import WorkerProcess, build_tiny_model, make_cluster_env, make_image
 from services import RedisServer
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 #: A Redis to use as given (its database number, else ``CATDOG_TEST_REDIS_DB``, is flushed
 #: around each test); unset, each session starts a private ``redis-server``.
@@ -81,6 +85,37 @@ def session_database_name() -> str:
     return f"{SESSION_DATABASE_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:8]}"
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def drop_stale_session_databases(admin: Engine) -> list[str]:
+    """Drop the databases of sessions whose process is gone (killed before its teardown ran);
+    return their names. Only names this suite makes are looked at."""
+    from sqlalchemy import text
+
+    with admin.connect() as conn:
+        names = conn.scalars(
+            text("SELECT datname FROM pg_database WHERE datname LIKE :prefix"),
+            {"prefix": SESSION_DATABASE_PREFIX.replace("_", "\\_") + "%"},
+        ).all()
+        stale = [
+            name
+            for name in names
+            if (pid := name.removeprefix(SESSION_DATABASE_PREFIX).split("_")[0]).isdigit()
+            and not _alive(int(pid))
+        ]
+        for name in stale:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    return stale
+
+
 @pytest.fixture(scope="session")
 def postgres_database() -> Iterator[str]:
     """The session's PostgreSQL database: ``CATDOG_TEST_POSTGRES`` as given, else one created
@@ -93,6 +128,7 @@ def postgres_database() -> Iterator[str]:
     name = session_database_name()
     admin = create_engine(POSTGRES_SERVER, isolation_level="AUTOCOMMIT")
     try:
+        drop_stale_session_databases(admin)
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:  # noqa: BLE001 - any connection failure means "no server"

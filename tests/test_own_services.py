@@ -13,7 +13,13 @@ import pytest
 import redis
 from sqlalchemy import create_engine, make_url, text
 
-from conftest import GIVEN_POSTGRES, GIVEN_REDIS, POSTGRES_SERVER, SESSION_DATABASE_PREFIX
+from conftest import (
+    GIVEN_POSTGRES,
+    GIVEN_REDIS,
+    POSTGRES_SERVER,
+    SESSION_DATABASE_PREFIX,
+    drop_stale_session_databases,
+)
 
 #: The Redis a developer's machine usually shares between projects.
 SHARED_REDIS = "redis://127.0.0.1:6379"
@@ -75,3 +81,28 @@ def test_a_test_run_leaves_the_shared_redis_and_postgres_untouched(tmp_path: Pat
         ).all()
     admin.dispose()
     assert left == []
+
+
+@pytest.mark.services
+def test_a_killed_sessions_database_is_dropped_by_the_next_session(
+    postgres_database: str,
+) -> None:
+    """A database whose session process is gone is dropped; a live session's is kept."""
+    if GIVEN_POSTGRES:
+        pytest.skip("CATDOG_TEST_POSTGRES names a database to use as given")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = f"{SESSION_DATABASE_PREFIX}{gone.pid}_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(POSTGRES_SERVER, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{dead}"'))
+        assert dead in drop_stale_session_databases(admin)
+        with admin.connect() as conn:
+            names = conn.scalars(text("SELECT datname FROM pg_database")).all()
+        assert dead not in names
+        assert make_url(postgres_database).database in names
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{dead}"'))
+        admin.dispose()
