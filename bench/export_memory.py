@@ -96,7 +96,7 @@ def fill_postgres(url: str, rows: int) -> None:
                 "INSERT INTO images (id, store, path, size, mtime, registered) "
                 "SELECT i, '/archive', 'd' || lpad((i / 1000)::text, 4, '0') || '/img' "
                 "|| lpad(i::text, 8, '0') || '.jpg', 1000, 0.0, now() "
-                "FROM generate_series(1, :n) AS i"
+                "FROM generate_series(1, CAST(:n AS bigint)) AS i"
             ),
             {"n": rows},
         )
@@ -108,7 +108,7 @@ def fill_postgres(url: str, rows: int) -> None:
                 "CASE WHEN i % 10 = 0 THEN NULL ELSE 0.9 END, "
                 "CASE WHEN i % 10 = 0 THEN NULL ELSE CAST(:p AS json) END, "
                 "CASE WHEN i % 10 = 0 THEN 'not an image' END, 640, 480, now() "
-                "FROM generate_series(1, :n) AS i"
+                "FROM generate_series(1, CAST(:n AS bigint)) AS i"
             ),
             {"n": rows, "v": version, "p": PROBS},
         )

@@ -16,6 +16,7 @@ from sqlalchemy import create_engine, func, select
 
 from catdog.cli import main
 from catdog.db.models import Prediction, ScanRun
+from catdog.ops.output import COLUMNS
 
 
 @pytest.fixture
@@ -196,3 +197,111 @@ def test_the_installed_command_runs_classify_end_to_end(photo_dir, tiny_model, t
     for notice in ("oneDNN", "absl::InitializeLog", "XNNPACK delegate", "Saved artifact"):
         assert notice not in out.stderr, out.stderr
     assert list((tmp_path / "cache" / "tflite").glob("*.tflite"))  # the TFLite path ran
+
+
+def test_classify_csv_on_stdout_is_only_rows_and_the_summary_goes_to_stderr(
+    runner, photo_dir, tiny_model
+):
+    """stdout parses as CSV with the header first; the counts of the run are one stderr line."""
+    result = runner.invoke(
+        main, ["classify", str(photo_dir), "--model", str(tiny_model), "--format", "csv"]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == ",".join(COLUMNS)
+    assert len(list(csv.DictReader(io.StringIO(result.stdout)))) == 8
+    (summary,) = [line for line in result.stderr.splitlines() if "labeled" in line]
+    assert summary.startswith("6 labeled, 2 failed, 0 already labeled, 1 not registered")
+    assert "(not an image type: 1)" in summary and summary.endswith(
+        " s (catdog -v classify lists them)"
+    )
+    again = runner.invoke(main, ["classify", str(photo_dir), "--model", str(tiny_model)])
+    assert "0 labeled, 0 failed, 8 already labeled" in again.stderr
+
+
+def _run_on_a_terminal(argv: list[str], stdout: Path, env: dict[str, str]) -> str:
+    """Run ``argv`` with stderr on a pseudo-terminal and stdout to a file; what the terminal
+    showed."""
+    import pty
+    import threading
+
+    master, slave = pty.openpty()
+    shown = bytearray()
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the terminal closed
+                return
+            if not chunk:
+                return
+            shown.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    with stdout.open("wb") as out:
+        subprocess.run(argv, stdout=out, stderr=slave, env=env, timeout=180, check=True)
+    os.close(slave)
+    reader.join(timeout=10)
+    os.close(master)
+    return shown.decode("utf-8", "replace")
+
+
+def test_classify_typed_in_a_terminal_with_stdout_to_a_file_writes_only_csv_there(
+    photo_dir, tiny_model, tmp_path
+):
+    """``catdog classify DIR --format csv > out.csv`` in a terminal: the bar, what is
+    happening and the summary show on the terminal; the file starts with the CSV header."""
+    env = {
+        **os.environ,
+        "CATDOG_DATABASE_URL": f"sqlite:///{tmp_path / 'tty.db'}",
+        "TERM": "xterm-256color",
+        "COLUMNS": "120",
+    }
+    out = tmp_path / "out.csv"
+    argv = [sys.executable, "-m", "catdog", "classify", str(photo_dir)]
+    terminal = _run_on_a_terminal([*argv, "--model", str(tiny_model), "--format", "csv"], out, env)
+    text = out.read_text(encoding="utf-8")
+    assert text.splitlines()[0] == ",".join(COLUMNS), text[:200]
+    assert len(list(csv.DictReader(io.StringIO(text)))) == 8
+    assert "loading model" in terminal and "6 labeled, 2 failed" in terminal, terminal[-2000:]
+
+
+def test_verbose_classify_lists_each_file_not_registered_with_its_reason(
+    photo_dir, tiny_model, tmp_path
+):
+    """``catdog -v classify`` names every file it did not register and why, on stderr."""
+    (photo_dir / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    env = {**os.environ, "CATDOG_DATABASE_URL": f"sqlite:///{tmp_path / 'v.db'}"}
+    argv = [sys.executable, "-m", "catdog", "-v", "classify", str(photo_dir)]
+    out = subprocess.run(
+        [*argv, "--model", str(tiny_model), "--format", "jsonl"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+        check=True,
+    )
+    assert len(out.stdout.splitlines()) == 8
+    assert "notes.txt (not an image type)" in out.stderr
+    assert "gone.jpg (dangling link)" in out.stderr
+    assert "2 not registered (" in out.stderr
+
+
+def test_the_help_of_classify_and_scan_says_how_to_list_skipped_files(runner):
+    """--help tells where skipped files are counted and that -v lists them."""
+    for command in ("classify", "scan"):
+        result = runner.invoke(main, [command, "--help"])
+        assert f"`catdog -v {command}` lists" in " ".join(result.stdout.split()), result.stdout
+
+
+def test_scan_counts_files_not_registered_on_stderr(
+    env, sqlite_url, redis_url, photo_dir, tiny_model
+):
+    """scan prints its run line on stdout and the files it did not register, by reason, on
+    stderr."""
+    env(database_url=sqlite_url, broker_url=redis_url, model=str(tiny_model))
+    result = CliRunner().invoke(main, ["scan", str(photo_dir)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("run ") and "8 files" in result.stdout
+    assert "1 not registered (not an image type: 1)" in result.stderr

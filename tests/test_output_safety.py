@@ -161,3 +161,12 @@ def test_rows_reach_a_stdout_that_cannot_encode_the_names(runner, tmp_path, tiny
         result = ascii_runner.invoke(main, ["export", "--format", fmt])
         assert result.exit_code == 0, (fmt, result.output)
         assert "caf\\xe9.png" in result.stdout, fmt
+
+
+def test_the_table_shows_control_characters_in_names_instead_of_obeying_them() -> None:
+    """An escape sequence in a file name is printed as ``\\x1b``, never sent to the terminal."""
+    out = io.StringIO()
+    name = "/p/\x1b]0;owned\x07\x1b[2Jx.jpg"
+    write_rows([Row(name, "cat", 0.5, None, "v1")], "table", out)
+    assert "\x1b" not in out.getvalue() and "\x07" not in out.getvalue()
+    assert "\\x1b]0;owned\\x07\\x1b[2Jx.jpg" in out.getvalue()
