@@ -138,7 +138,7 @@ def failure_kind(reason: str) -> str:
 def write_report(
     session: Session,
     out_dir: Path,
-    store_roots: Sequence[Path] = (),
+    store_roots: Sequence[str | Path] = (),
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     threshold: float | None = None,
@@ -192,7 +192,7 @@ def plot_histogram(histogram: dict[str, list[int]], out: Path) -> None:
 def thumbnail(
     store: str,
     name: str,
-    roots: Sequence[Path] = (),
+    roots: Sequence[str | Path] = (),
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> str | None:
