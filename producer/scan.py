@@ -76,7 +76,14 @@ def start_run(session: Session, settings: Settings, root: str, relabel: bool) ->
     return run
 
 
+class Stopped(KeyboardInterrupt):
+    """The producer was told to stop by a signal other than Ctrl-C (``docker stop`` sends
+    SIGTERM); raised by the command line's handler, it ends the run like Ctrl-C does."""
+
+
 def _end_reason(exc: BaseException) -> str:
+    if isinstance(exc, Stopped):
+        return f"interrupted: {exc}"
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted: SIGINT (Ctrl-C)"
     if isinstance(exc, SystemExit):

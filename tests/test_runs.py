@@ -3,11 +3,15 @@ PostgreSQL, driven through the producer's plain ``scan`` function."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -15,6 +19,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from catdog.db.engine import make_engine, session_factory
@@ -24,7 +29,7 @@ from catdog.db.queries import Outcome, save_outcomes
 from catdog.db.runs import STALE_AFTER, pending, run_state
 from catdog.ops.exporter import run_families
 from catdog.ops.status import run_record
-from catdog.producer.scan import scan
+from catdog.producer.scan import Stopped, scan
 from catdog.settings import Settings
 from catdog.stores import LocalStore
 from helpers import make_image
@@ -234,3 +239,91 @@ def test_the_producer_rides_out_a_short_database_outage(
     assert run.enqueued is not None and (run.files_seen, run.total) == (IMAGES, IMAGES)
     retries = [r for r in caplog.records if r.name == "catdog.db.retry"]
     assert retries and all("\n" not in r.getMessage() for r in retries)
+
+
+def test_a_stop_signal_ends_the_run_naming_the_signal(database, store):
+    """``docker stop`` (SIGTERM, raised as ``Stopped``) ends the run like Ctrl-C, saying so."""
+    url, sessions = database
+
+    def stopped(run_id: int, ids: list[int]) -> None:
+        raise Stopped("SIGTERM")
+
+    with pytest.raises(KeyboardInterrupt):
+        scan(sessions, _settings(url), [store], stopped)
+    (run,) = _runs(sessions)
+    assert run_state(run) == "interrupted" and run.end_reason == "interrupted: SIGTERM"
+
+
+def test_catdog_scan_stopped_by_sigterm_while_held_by_backpressure_marks_its_run(
+    own_redis, sqlite_url: str, store: LocalStore, tmp_path: Path
+):
+    """A real `catdog scan` waiting on a full queue (no workers) is stopped: its run says
+    interrupted: SIGTERM, and `catdog status` shows it with nothing pending."""
+    env = {
+        **os.environ,
+        "CATDOG_BROKER_URL": own_redis.url(),
+        "CATDOG_DATABASE_URL": sqlite_url,
+        "CATDOG_BATCH_SIZE": "1",
+        "CATDOG_QUEUE_HIGH_WATER": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "catdog", "scan", store.root],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    sessions = session_factory(make_engine(sqlite_url))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            runs = _runs(sessions)
+        except OperationalError:  # no schema yet
+            runs = []
+        if runs and runs[0].total == IMAGES:
+            break
+        time.sleep(0.2)
+    time.sleep(1.0)  # inside the backpressure wait
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    (run,) = _runs(sessions)
+    assert proc.returncode != 0 and b"Traceback" not in err
+    assert run_state(run) == "interrupted" and run.end_reason == "interrupted: SIGTERM"
+    status = subprocess.run(
+        [sys.executable, "-m", "catdog", "status", "--format", "json"],
+        env=env,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    (shown,) = json.loads(status.stdout)
+    assert (shown["state"], shown["pending"]) == ("interrupted", 0)
+
+
+def test_an_interrupted_classify_leaves_an_interrupted_run_and_the_next_one_completes(
+    env, sqlite_url: str, photo_dir: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Ctrl-C in the middle of `catdog classify`: status shows the run interrupted with
+    nothing pending; classify again labels every image and finishes."""
+    from click.testing import CliRunner
+
+    import catdog.workers.inference as inference
+    from catdog.cli import main
+
+    env(database_url=sqlite_url, model=str(tiny_model), batch_size="2")
+    real, calls = inference.finish_batch, []
+
+    def interrupted(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "finish_batch", interrupted)
+    assert CliRunner().invoke(main, ["classify", str(photo_dir)]).exit_code != 0
+    monkeypatch.setattr(inference, "finish_batch", real)
+    assert CliRunner().invoke(main, ["classify", str(photo_dir)]).exit_code == 0
+    shown = CliRunner().invoke(main, ["status", "--format", "json"]).stdout
+    first, second = json.loads(shown)[::-1]
+    assert (first["state"], first["pending"]) == ("interrupted", 0)
+    assert (second["state"], second["pending"]) == ("finished", 0)
+    assert sum(r["done"] + r["failed"] for r in (first, second)) == 8  # each image once

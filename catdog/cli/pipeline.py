@@ -35,6 +35,18 @@ def _database(settings: Settings):  # type: ignore[no-untyped-def]
     return engine, session_factory(engine)
 
 
+def _stop_on_sigterm() -> None:
+    """Turn SIGTERM into ``Stopped`` (a KeyboardInterrupt), so the scan marks its run."""
+    import signal
+
+    from catdog.producer.scan import Stopped
+
+    def stop(signum: int, _frame: object) -> None:
+        raise Stopped(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def read_only_sessions(settings: Settings):  # type: ignore[no-untyped-def]
     """Sessions for a command that only reads (status, export, report, models list): it
     never creates or migrates the schema, and says in one line when there is none."""
@@ -198,6 +210,7 @@ def scan_cmd(root: Path, wait: bool, relabel: bool, retry_failed: bool) -> None:
         def progress(seen: int, queued: int) -> None:
             bar.update(task, description=f"scanning: {seen} files, {queued} queued")
 
+        _stop_on_sigterm()  # `docker stop`: the run ends "interrupted", as with Ctrl-C
         summary = scan(
             sessions, settings, [store], queue.send, queue.depth, relabel, retry_failed, progress
         )
