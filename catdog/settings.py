@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import ssl
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -134,6 +135,21 @@ class Settings(BaseSettings):
     flower_db: Path | None = Field(
         default=None, description="Flower's state file, to keep task history across restarts"
     )
+    # Long enough for a Redis restart (a few seconds), short enough that a typo in the URL
+    # or the password is an error within a minute instead of a silent hang.
+    broker_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds a command or a starting worker waits for the broker before it "
+        "gives up with an error",
+    )
+    # A file, not a port: a container health check reads it without asking the worker's
+    # main loop, which a running batch or training job keeps busy.
+    heartbeat_file: Path = Field(
+        default=Path(tempfile.gettempdir()) / "catdog-worker.heartbeat",
+        description="file a worker touches every few seconds while its broker and database "
+        "answer; `catdog health` checks its age",
+    )
 
     @field_validator(
         "model", "predict_batch_size", "confidence_threshold", "gpu_memory_limit_mb", mode="before"
@@ -191,6 +207,21 @@ class Settings(BaseSettings):
             if path is not None:
                 options[key] = str(path)
         return options
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit for a message: scheme, user, host, port and path; no password, no query.
+
+    Everything up to the last ``@`` is taken as the login, so a password holding ``/`` or
+    ``@`` (unescaped) does not leak either; the query may carry credentials too.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    login, at, rest = rest.rpartition("@")
+    user = login.split(":", 1)[0] if at else ""
+    rest = rest.split("?", 1)[0]
+    return f"{scheme}{sep}{user}{'@' if user else ''}{rest}"
 
 
 class SecretFileError(RuntimeError):

@@ -12,6 +12,8 @@ its own exceptions; only this package turns them into exits.
 from __future__ import annotations
 
 import logging
+import sys
+import traceback
 from typing import TYPE_CHECKING
 
 import click
@@ -20,27 +22,47 @@ if TYPE_CHECKING:
     from pydantic import ValidationError
 
 from catdog import __version__
+from catdog.cli.errors import explain
 from catdog.quiet import quiet_tensorflow_import
-from catdog.settings import SecretFileError
+from catdog.settings import SecretFileError, Settings, get_settings
 
 # TensorFlow's start-up chatter is noise on a command line; real errors still show.
 quiet_tensorflow_import()
 
 
 class CatdogGroup(click.Group):
-    """The ``catdog`` group: settings that cannot be read fail any command with exit 1."""
+    """The ``catdog`` group: settings that cannot be read, and services that cannot be
+    reached, fail any command with one line on stderr and exit 1 (``-v`` adds the traceback).
+    """
 
     def invoke(self, ctx: click.Context) -> object:
         from pydantic import ValidationError
 
         try:
             return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
         except SecretFileError as exc:
             raise click.ClickException(str(exc)) from exc
         except ValidationError as exc:
             if exc.title != "Settings":
                 raise
             raise click.ClickException(settings_error(exc)) from exc
+        except Exception as exc:
+            line = explain(exc, _settings_or_none())
+            if line is None:
+                raise
+            if ctx.params.get("verbose"):
+                traceback.print_exception(exc, file=sys.stderr)
+            raise click.ClickException(line) from exc
+
+
+def _settings_or_none() -> Settings | None:
+    """The settings, to name a service in an error; None when they cannot be read either."""
+    try:
+        return get_settings()
+    except Exception:  # noqa: BLE001 - the error being reported matters more
+        return None
 
 
 def settings_error(exc: ValidationError) -> str:
