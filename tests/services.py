@@ -8,15 +8,27 @@ its workers and PostgreSQL.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import redis
+
+#: Linux prctl option: the signal a child gets when the process that started it dies.
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # Runs in the child before exec: a test session killed before its teardown (a timeout,
+    # SIGKILL) takes its servers with it instead of leaving them listening.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def free_port() -> int:
@@ -71,7 +83,12 @@ class RedisServer:
             args += ["--appendonly", "no"]  # a session's scratch server: speed over survival
         if self.password:
             args += ["--requirepass", self.password]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
         client = self.client()
         deadline = time.monotonic() + 20
         while True:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -106,3 +107,31 @@ def test_a_killed_sessions_database_is_dropped_by_the_next_session(
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{dead}"'))
         admin.dispose()
+
+
+@pytest.mark.services
+@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal is Linux's")
+def test_a_killed_session_takes_its_redis_server_with_it(tmp_path: Path) -> None:
+    """The private Redis of a test process that is SIGKILLed stops answering."""
+    code = (
+        "import sys, time; sys.path.insert(0, 'tests'); from services import RedisServer; "
+        f"s = RedisServer(__import__('pathlib').Path({str(tmp_path)!r})); s.start(); "
+        "print(s.port, flush=True); time.sleep(60)"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    assert parent.stdout is not None
+    port = int(parent.stdout.readline())
+    client = redis.Redis(port=port, socket_connect_timeout=1)
+    assert client.ping()
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            client.ping()
+        except redis.ConnectionError:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"redis-server on port {port} outlived its test process")
