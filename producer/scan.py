@@ -81,6 +81,13 @@ class Stopped(KeyboardInterrupt):
     SIGTERM); raised by the command line's handler, it ends the run like Ctrl-C does."""
 
 
+def _alive() -> dict[str, object]:
+    """What the producer writes whenever it touches its run: a fresh heartbeat, and no "ended"
+    (a scan elsewhere may have taken it for gone while it waited minutes on a broker restart).
+    """
+    return {"heartbeat": utcnow(), "ended": None, "end_reason": None}
+
+
 def _end_reason(exc: BaseException) -> str:
     if isinstance(exc, Stopped):
         return f"interrupted: {exc}"
@@ -219,7 +226,7 @@ def _register_and_send(
                     files_seen=seen + len(chunk),
                     skipped=skipped_total + len(skipped),
                     total=total + len(todo),
-                    heartbeat=utcnow(),
+                    **_alive(),
                 )
             )
         return todo, skipped
@@ -249,9 +256,7 @@ def _register_and_send(
     def close() -> None:
         with sessions.begin() as session:
             session.execute(
-                update(ScanRun)
-                .where(ScanRun.id == run_id)
-                .values(enqueued=utcnow(), heartbeat=utcnow())
+                update(ScanRun).where(ScanRun.id == run_id).values(enqueued=utcnow(), **_alive())
             )
             finish_run_if_complete(session, run_id)
 

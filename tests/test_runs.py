@@ -26,7 +26,7 @@ from catdog.db.engine import make_engine, session_factory
 from catdog.db.migrate import upgrade
 from catdog.db.models import ModelVersion, ScanRun, utcnow
 from catdog.db.queries import Outcome, save_outcomes
-from catdog.db.runs import STALE_AFTER, pending, run_state
+from catdog.db.runs import STALE_AFTER, end_run, pending, run_state
 from catdog.ops.exporter import run_families
 from catdog.ops.status import run_record
 from catdog.producer.scan import Stopped, scan
@@ -327,3 +327,19 @@ def test_an_interrupted_classify_leaves_an_interrupted_run_and_the_next_one_comp
     assert (first["state"], first["pending"]) == ("interrupted", 0)
     assert (second["state"], second["pending"]) == ("finished", 0)
     assert sum(r["done"] + r["failed"] for r in (first, second)) == 8  # each image once
+
+
+def test_a_producer_taken_for_gone_that_comes_back_takes_its_run_back(database, store):
+    """Another scan marked the run abandoned while its producer waited on the broker; the
+    producer's next write clears that, and the run finishes normally."""
+    url, sessions = database
+    worker = _worker(sessions)
+
+    def slow_broker(run_id: int, ids: list[int]) -> None:
+        with sessions.begin() as s:
+            end_run(s, run_id, "abandoned: producer elsewhere:1 gone")
+        worker(run_id, ids)
+
+    scan(sessions, _settings(url), [store], slow_broker)
+    (run,) = _runs(sessions)
+    assert (run_state(run), run.ended, run.done) == ("finished", None, IMAGES)
