@@ -66,7 +66,7 @@ def test_the_catdog_services_cover_the_cluster(services: dict[str, dict[str, Any
 
 
 def test_every_service_command_is_a_real_catdog_command(
-    services: dict[str, dict[str, Any]],
+    services: dict[str, dict[str, Any]], tmp_path: Path
 ) -> None:
     """Each catdog service's command parses as a ``catdog`` subcommand with valid options."""
     commands = {name: spec["command"] for name, spec in catdog_services(services).items()}
@@ -77,7 +77,8 @@ def test_every_service_command_is_a_real_catdog_command(
     assert commands["worker"][:3] == ["worker", "--queues", "inference"]
     assert commands["trainer"][:3] == ["worker", "--queues", "training"]
     # What the README tells users to run as a one-off.
-    assert parse_command(["scan", STORE_MOUNT, "--wait"]).name == "scan"
+    # (scan checks that its folder exists: a folder here stands in for the mounted store)
+    assert parse_command(["scan", str(tmp_path), "--wait"]).name == "scan"
 
 
 def test_every_catdog_variable_is_a_settings_field() -> None:
@@ -161,7 +162,7 @@ def test_flower_requires_basic_auth_and_keeps_its_state(
     assert "--persistent=True" in argv
 
 
-@pytest.mark.parametrize("auth", [None, "admin:change-me", "ops:s3cret,admin:"])
+@pytest.mark.parametrize("auth", [None, "admin:change-me", "ops:s3cret,admin:admin"])
 def test_flower_refuses_an_open_or_placeholder_login_off_loopback(auth: str | None) -> None:
     """On a public address Flower needs real passwords; on loopback it may run without."""
     from catdog.cli.ops import flower_argv
@@ -171,6 +172,43 @@ def test_flower_refuses_an_open_or_placeholder_login_off_loopback(auth: str | No
     with pytest.raises(click.ClickException):
         flower_argv(settings, 5555, "0.0.0.0")
     assert flower_argv(settings, 5555, "127.0.0.1")[0] == "flower"
+
+
+@pytest.mark.parametrize(
+    ("auth", "problem"),
+    [
+        ("ops-s3cret-Pa55", "no colon"),
+        (":s3cret-Pa55", "empty user"),
+        ("ops:", "empty password"),
+        ("ops:s3cret-Pa55,", "entry 2 of 2 has no colon"),
+    ],
+)
+@pytest.mark.parametrize("address", ["127.0.0.1", "0.0.0.0"])
+def test_flower_refuses_a_malformed_login_on_any_address(
+    auth: str, problem: str, address: str
+) -> None:
+    """A login Flower could never match is refused at start in one line that does not echo it."""
+    from catdog.cli.ops import flower_argv
+
+    settings = Settings(_env_file=None, flower_basic_auth=SecretStr(auth))  # type: ignore[call-arg]
+    with pytest.raises(click.ClickException) as refused:
+        flower_argv(settings, 5555, address)
+    message = refused.value.message
+    assert problem in message and "s3cret" not in message and "\n" not in message
+
+
+def test_flower_generates_a_login_once_when_none_is_set(tmp_path: Path) -> None:
+    """Without CATDOG_FLOWER_BASIC_AUTH, --login-file holds a random login, kept across starts."""
+    from catdog.cli.ops import flower_argv
+
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    login_file = tmp_path / "flower" / "login"
+    first = flower_argv(settings, 5555, "0.0.0.0", login_file)
+    assert login_file.stat().st_mode & 0o777 == 0o600
+    user, _, password = login_file.read_text().strip().partition(":")
+    assert user and len(password) >= 24
+    assert f"--basic_auth={user}:{password}" in first
+    assert flower_argv(settings, 5555, "0.0.0.0", login_file) == first
 
 
 def test_long_running_services_restart_and_report_health(

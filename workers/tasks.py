@@ -24,6 +24,7 @@ from catdog.broker import CLASSIFY_TASK, redis_client
 from catdog.messages import classify_args_problem
 from catdog.settings import get_settings
 from catdog.workers.app import app
+from catdog.workers.health import Heartbeat
 from catdog.workers.inference import InferenceContext, classify_batch
 from catdog.workers.lease import Lease
 from catdog.workers.metrics import observe_batch
@@ -43,6 +44,7 @@ ERROR_RETRY_BASE_S = 1
 
 _context: InferenceContext | None = None
 _starts: StartCounter | None = None
+_heartbeat: Heartbeat | None = None
 #: Delivery tag of each received task id: the lease needs it, the task request lacks it.
 _delivery_tags: dict[str, str] = {}
 
@@ -85,11 +87,29 @@ def _load_model_at_start(**_: object) -> None:
         log.exception("could not load the model at start-up")
 
 
+@worker_ready.connect
+def _start_heartbeat(sender: Any = None, **_: Any) -> None:
+    """Beat once before the worker says ready, then on a thread a busy worker still runs."""
+    global _heartbeat
+    node = str(getattr(sender, "hostname", None) or "worker")
+    queues = os.environ.get("CATDOG_WORKER_QUEUES", "inference").split(",")
+    _heartbeat = Heartbeat(get_settings(), node, queues)
+    _heartbeat.start()
+
+
 @task_received.connect
 def _remember_delivery_tag(request: Any = None, **_: Any) -> None:
     tag = getattr(getattr(request, "message", None), "delivery_tag", None)
     if request is not None and tag is not None:
         _delivery_tags[request.id] = str(tag)
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(**_: Any) -> None:
+    global _heartbeat
+    if _heartbeat is not None:
+        _heartbeat.stop()
+        _heartbeat = None
 
 
 @worker_shutdown.connect

@@ -1,8 +1,10 @@
-"""Operations commands: ``flower``, ``metrics`` and ``report``."""
+"""Operations commands: ``flower``, ``metrics``, ``report`` and ``health``."""
 
 from __future__ import annotations
 
 import ipaddress
+import os
+import secrets
 from pathlib import Path
 
 import click
@@ -18,11 +20,18 @@ FLOWER_SAVE_INTERVAL_MS = 60_000
 FLOWER_PURGE_OFFLINE_S = 24 * 3600
 #: Passwords that only ever appear in examples (``.env.example``).
 PLACEHOLDER_PASSWORDS = frozenset({"", "change-me", "changeme", "password", "admin"})
+#: User of a generated Flower login (``catdog flower --login-file``).
+GENERATED_USER = "admin"
+#: Random bytes in a generated Flower password (32 URL-safe characters).
+GENERATED_PASSWORD_BYTES = 24
+#: ``catdog health --max-age`` when not given: several missed beats of a worker's heartbeat
+#: (catdog.workers.health.HEALTHY_AGE_S; not imported, so ``catdog --help`` stays light).
+HEALTHY_AGE_S = 30.0
 
 
 def register(group: click.Group) -> None:
     """Add this module's commands to ``group``."""
-    for command in (flower, metrics, report):
+    for command in (flower, metrics, report, health):
         group.add_command(command)
 
 
@@ -35,11 +44,59 @@ def _is_loopback(address: str) -> bool:
         return False
 
 
-def flower_argv(settings: Settings, port: int, address: str) -> list[str]:
+def check_basic_auth(auth: str) -> None:
+    """Refuse a login list Flower would accept and then answer 401 to, never echoing it.
+
+    Flower splits ``user:password,user:password`` on commas and compares whole entries, so
+    an entry without a colon, user or password can never log in.
+    """
+    entries = auth.split(",")
+    for n, credential in enumerate(entries, 1):
+        user, colon, password = credential.partition(":")
+        problem = (
+            "has no colon"
+            if not colon
+            else "has an empty user"
+            if not user.strip()
+            else "has an empty password"
+            if not password
+            else None
+        )
+        if problem is not None:
+            which = f"entry {n} of {len(entries)}" if len(entries) > 1 else "the login"
+            raise click.ClickException(
+                f"CATDOG_FLOWER_BASIC_AUTH: {which} {problem}; expected user:password"
+                "[,user:password...]"
+            )
+
+
+def generated_login(path: Path) -> str:
+    """The login kept in ``path``; on first use, a new one with a random password.
+
+    The password is never printed: the operator reads the file (mode 600).
+    """
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        login = f"{GENERATED_USER}:{secrets.token_urlsafe(GENERATED_PASSWORD_BYTES)}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(login + "\n")
+        click.echo(
+            f"CATDOG_FLOWER_BASIC_AUTH is not set: generated a login for user "
+            f"{GENERATED_USER!r}, password in {path}",
+            err=True,
+        )
+    return path.read_text(encoding="utf-8").strip()
+
+
+def flower_argv(
+    settings: Settings, port: int, address: str, login_file: Path | None = None
+) -> list[str]:
     """The ``celery flower`` arguments for ``settings``; refuses an open or placeholder login.
 
     Off the loopback interface Flower can revoke tasks and shut workers down, so it needs
-    ``CATDOG_FLOWER_BASIC_AUTH`` with real passwords there.
+    ``CATDOG_FLOWER_BASIC_AUTH`` with real passwords there, or ``login_file``, where a login
+    with a random password is generated when that variable is unset.
     """
     argv = [
         "flower",
@@ -48,6 +105,10 @@ def flower_argv(settings: Settings, port: int, address: str) -> list[str]:
         f"--purge_offline_workers={FLOWER_PURGE_OFFLINE_S}",
     ]
     auth = settings.flower_basic_auth.get_secret_value() if settings.flower_basic_auth else ""
+    if not auth and login_file is not None:
+        auth = generated_login(login_file)
+    if auth:
+        check_basic_auth(auth)
     if not _is_loopback(address):
         if not auth:
             raise click.ClickException(
@@ -80,12 +141,19 @@ def flower_argv(settings: Settings, port: int, address: str) -> list[str]:
     show_default=True,
     help="Interface to listen on (0.0.0.0 in a container; needs CATDOG_FLOWER_BASIC_AUTH).",
 )
-def flower(port: int, address: str) -> None:
+@click.option(
+    "--login-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Without CATDOG_FLOWER_BASIC_AUTH: the login kept in this file, generated with a "
+    "random password on first start.",
+)
+def flower(port: int, address: str, login_file: Path | None) -> None:
     """Start Flower for the catdog workers (task events on, Prometheus at /metrics)."""
     settings = get_settings()
     if settings.embedded:
         raise click.ClickException("Flower watches a broker: set CATDOG_BROKER_URL")
-    argv = flower_argv(settings, port, address)
+    argv = flower_argv(settings, port, address, login_file)
     from catdog.broker import make_celery
 
     # In-process rather than exec: the password never shows in the process list.
@@ -140,3 +208,32 @@ def report(out_dir: Path, threshold: float | None) -> None:
         f"{summary.total} images ({summary.labeled} labeled, {summary.failed} failed): "
         f"{out_dir / 'index.html'}"
     )
+
+
+@click.command()
+@click.option(
+    "--max-age",
+    type=click.FloatRange(min=0, min_open=True),
+    default=HEALTHY_AGE_S,
+    show_default=True,
+    help="Seconds since the worker's last heartbeat that still count as healthy.",
+)
+def health(max_age: float) -> None:
+    """Exit 0 if the worker on this host beat recently (its broker and database answer).
+
+    A container health check: it reads CATDOG_HEARTBEAT_FILE, which the worker touches every
+    few seconds from a thread of its own, so a worker busy with a long batch or a training
+    job stays healthy, and one that lost its broker or database does not.
+    """
+    from catdog.workers.health import heartbeat_age
+
+    path = get_settings().heartbeat_file
+    age = heartbeat_age(path)
+    if age is None:
+        raise click.ClickException(f"unhealthy: no heartbeat file {path} (no worker here)")
+    if age > max_age:
+        raise click.ClickException(
+            f"unhealthy: last heartbeat {age:.0f} s ago (limit {max_age:g} s): the worker "
+            "is gone or cannot reach its broker or database"
+        )
+    click.echo(f"healthy: last heartbeat {age:.0f} s ago")

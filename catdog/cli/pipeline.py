@@ -190,6 +190,7 @@ def scan_cmd(root: Path, wait: bool, relabel: bool, retry_failed: bool) -> None:
 
     from catdog.broker import make_celery
     from catdog.cli.progress import not_registered_text, stderr_console
+    from catdog.cli.waits import wait_for_broker
     from catdog.producer.queue import BrokerQueue
     from catdog.producer.scan import scan
     from catdog.stores import LocalStore
@@ -201,7 +202,9 @@ def scan_cmd(root: Path, wait: bool, relabel: bool, retry_failed: bool) -> None:
         )
     _, sessions = _database(settings)
     store = LocalStore(root)
-    queue = BrokerQueue(make_celery(settings), store.root)
+    app = make_celery(settings)
+    wait_for_broker(app, settings)  # a wrong URL or password is an error, not a silent hang
+    queue = BrokerQueue(app, store.root)
     columns = [SpinnerColumn(), TextColumn("{task.description}")]
     console = stderr_console()  # stdout is for the run line only
     with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
@@ -223,9 +226,22 @@ def scan_cmd(root: Path, wait: bool, relabel: bool, retry_failed: bool) -> None:
             f"{not_registered_text(summary.not_registered)}: catdog -v scan lists them", err=True
         )
     if wait:
+        from catdog.broker import INFERENCE_QUEUE
+        from catdog.cli.waits import ConsumerWatch
+        from catdog.db.models import ScanRun
         from catdog.ops.status import wait_for_run
 
-        if not wait_for_run(sessions, summary.run_id):
+        def processed() -> object:
+            with sessions() as session:
+                run = session.get(ScanRun, summary.run_id)
+                return None if run is None else run.done + run.failed
+
+        stop_watch = ConsumerWatch(settings, INFERENCE_QUEUE).watch(processed)
+        try:
+            finished = wait_for_run(sessions, summary.run_id)
+        finally:
+            stop_watch()
+        if not finished:
             raise click.ClickException(f"run {summary.run_id} did not finish")
 
 
@@ -271,8 +287,14 @@ def worker(
         raise click.ClickException(
             f"{NO_BROKER}: a worker needs a broker (e.g. redis://host:6379/0)"
         )
+    from catdog.cli.waits import wait_for_broker
     from catdog.workers.app import app
+    from catdog.workers.health import check_database
 
+    # A worker that cannot store results is not ready: one line and exit 1 (through the
+    # catdog group) instead of a traceback and "ready.", so a restart policy tries again.
+    check_database(settings)
+    wait_for_broker(app, settings)
     if "training" in queues.split(","):
         import catdog.training.tasks  # noqa: F401 - registers catdog.train
 

@@ -301,15 +301,23 @@ def retrain(
         "seed": seed,
         "force": force,
     }
-    result = make_celery(settings).send_task(TRAIN_TASK, kwargs=kwargs, queue=TRAINING_QUEUE)
+    from catdog.cli.waits import ConsumerWatch, wait_for_broker
+
+    app = make_celery(settings)
+    wait_for_broker(app, settings)  # a wrong URL or password is an error, not a silent hang
+    result = app.send_task(TRAIN_TASK, kwargs=kwargs, queue=TRAINING_QUEUE)
     click.echo(f"queued training job {result.id}")
     if wait:
-        outcome = wait_for(result)
+        outcome = wait_for(result, watch=ConsumerWatch(settings, TRAINING_QUEUE))
         click.echo(json.dumps(outcome, indent=2))
 
 
-def wait_for(result: Any, poll: float = POLL_SECONDS) -> dict[str, Any]:
-    """Follow a queued training job with a progress bar of epochs; return its result."""
+def wait_for(result: Any, poll: float = POLL_SECONDS, watch: Any = None) -> dict[str, Any]:
+    """Follow a queued training job with a progress bar of epochs; return its result.
+
+    While the job is still queued, ``watch`` (a ``ConsumerWatch``) says when no training
+    worker is there to take it.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     with Progress(
@@ -341,6 +349,8 @@ def wait_for(result: Any, poll: float = POLL_SECONDS) -> dict[str, Any]:
                 return dict(result.result)
             elif state in ("FAILURE", "REVOKED"):
                 raise click.ClickException(f"training job {state.lower()}: {result.info!r}")
+            elif state == "PENDING" and watch is not None:
+                watch.check(state)
             time.sleep(poll)
 
 
