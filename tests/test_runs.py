@@ -343,3 +343,31 @@ def test_a_producer_taken_for_gone_that_comes_back_takes_its_run_back(database, 
     scan(sessions, _settings(url), [store], slow_broker)
     (run,) = _runs(sessions)
     assert (run_state(run), run.ended, run.done) == ("finished", None, IMAGES)
+
+
+def test_catdog_status_waits_out_a_short_database_outage(
+    env, postgres_url: str, caplog: pytest.LogCaptureFixture
+):
+    """The database is unreachable for two seconds when `catdog status` starts: it prints
+    warnings, then the runs, and exits 0 instead of a traceback."""
+    from click.testing import CliRunner
+
+    from catdog.cli import main
+
+    target = make_url(postgres_url)
+    proxy = TcpProxy(target.port or 5432, target.host or "127.0.0.1")
+    url = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    env(database_url=url)
+    proxy.cut()
+    threading.Timer(2.0, proxy.mend).start()
+    caplog.set_level(logging.WARNING, logger="catdog.db.retry")
+    try:
+        result = CliRunner().invoke(main, ["status", "--format", "json"])
+    finally:
+        proxy.close()
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == []
+    assert [r for r in caplog.records if r.name == "catdog.db.retry"]
