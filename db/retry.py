@@ -34,6 +34,14 @@ RETRY_CAP_S = 8.0
 SQLITE_OUTAGES = ("database is locked", "disk i/o error", "unable to open database", "disk is full")
 
 
+#: PostgreSQL answered, and the answer will not change by waiting: a wrong password or user
+#: (class 28), a database that does not exist (3D000).
+NOT_OUTAGES = ("28", "3D000")
+#: The same refusals as libpq words them when they end a connection attempt (psycopg gives
+#: those no SQLSTATE).
+REFUSALS = ("does not exist", "authentication failed", "no pg_hba.conf entry")
+
+
 def is_outage(exc: BaseException) -> bool:
     """True for a database that is away or busy (worth a retry), false for a bad request."""
     if isinstance(exc, PoolTimeout):
@@ -46,7 +54,9 @@ def is_outage(exc: BaseException) -> bool:
         return False
     if type(exc.orig).__module__.startswith("sqlite3"):
         return any(marker in str(exc.orig).lower() for marker in SQLITE_OUTAGES)
-    return True
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    message = str(exc.orig).lower()
+    return not sqlstate.startswith(NOT_OUTAGES) and not any(m in message for m in REFUSALS)
 
 
 def backoff(attempt: int, base: float = RETRY_BASE_S, cap: float = RETRY_CAP_S) -> float:

@@ -60,9 +60,11 @@ def test_a_database_that_stays_away_fails_within_the_budget():
     [
         IntegrityError("INSERT", {}, psycopg.errors.UniqueViolation("duplicate key")),
         OperationalError("SELECT", {}, sqlite3.OperationalError("no such table: scan_runs")),
+        OperationalError("CONNECT", {}, psycopg.errors.InvalidCatalogName("no such database")),
+        OperationalError("CONNECT", {}, psycopg.errors.InvalidPassword("wrong password")),
         ValueError("not a database error"),
     ],
-    ids=["constraint", "sqlite missing table", "other"],
+    ids=["constraint", "sqlite missing table", "no such database", "wrong password", "other"],
 )
 def test_errors_that_are_not_outages_are_raised_at_once(exc):
     """A bad statement or a missing table is a bug: no retry, no wait."""
@@ -74,6 +76,21 @@ def test_errors_that_are_not_outages_are_raised_at_once(exc):
     with pytest.raises(type(exc)):
         retrying(work, "testing", sleep=clock.sleep, clock=lambda: clock.now)
     assert clock.sleeps == []
+
+
+def test_a_database_that_does_not_exist_is_not_waited_for(postgres_url: str):
+    """The server answers that there is no such database: that does not change by waiting."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    from catdog.db.engine import make_engine
+
+    missing = make_url(postgres_url).set(database="catdog_no_such_db", query={})
+    engine = make_engine(missing.render_as_string(hide_password=False))
+    with pytest.raises(OperationalError) as caught, engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    engine.dispose()
+    assert not is_outage(caught.value)
 
 
 def test_a_locked_or_full_sqlite_file_and_a_dropped_connection_are_outages():
