@@ -1,7 +1,10 @@
-"""docker-compose.yml, .env.example and the Dockerfiles, checked without a Docker engine."""
+"""docker-compose.yml, its GPU switch, .env.example and the Dockerfiles, read as an operator
+would, without a Docker engine (the compose schema itself when CATDOG_COMPOSE_SCHEMA names it)."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -16,10 +19,39 @@ from catdog.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
+#: The GPU switch: an override file for the worker and the trainer.
+COMPOSE_GPU = ROOT / "docker-compose.gpu.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILES = [ROOT / "docker" / "Dockerfile", ROOT / "docker" / "Dockerfile.gpu"]
 #: Where compose mounts the image store in every catdog container.
 STORE_MOUNT = "/data"
+
+
+def merged(base: Any, override: Any) -> Any:
+    """Compose's merge of an override file, for the mappings these files use."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        return {k: merged(base[k], v) if k in base else v for k, v in {**base, **override}.items()}
+    return override
+
+
+def example_env() -> dict[str, str]:
+    """The variables .env.example sets (commented lines are not set)."""
+    pairs = (line.partition("=") for line in ENV_EXAMPLE.read_text().splitlines())
+    return {k.strip(): v for k, sep, v in pairs if sep and not k.lstrip().startswith("#")}
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?error}``; a required one unset
+    fails like ``docker compose up`` would."""
+
+    def one(match: re.Match[str]) -> str:
+        name, op, arg = match.group(1), match.group(2), match.group(3) or ""
+        if env.get(name):
+            return env[name]
+        assert op != ":?", f"{name} is required and unset: {arg}"
+        return arg if op == ":-" else ""
+
+    return re.sub(r"(?<!\$)\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", one, value)
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +60,18 @@ def services() -> dict[str, dict[str, Any]]:
     return yaml.safe_load(COMPOSE.read_text())["services"]
 
 
+@pytest.fixture(scope="module")
+def gpu_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The services with docker-compose.gpu.yml switched on."""
+    return merged(services, yaml.safe_load(COMPOSE_GPU.read_text())["services"])
+
+
 def catdog_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Services that run the catdog image (built from docker/)."""
+    """Services that run a catdog image."""
     return {
         name: spec
         for name, spec in services.items()
-        if spec.get("build", {}).get("dockerfile", "").startswith("docker/")
+        if str(spec.get("image", "")).startswith("catdog:")
     }
 
 
@@ -99,23 +137,64 @@ def test_the_example_env_values_are_valid_settings(monkeypatch: pytest.MonkeyPat
     Settings(_env_file=None)  # type: ignore[call-arg]
 
 
-def test_gpu_services_reserve_a_gpu_and_run_the_gpu_image(
+def test_the_default_cluster_runs_its_workers_on_cpus_without_a_profile(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    """Services built from Dockerfile.gpu, and only those, reserve a GPU; each runs one process."""
-    gpu = {
-        name
-        for name, spec in catdog_services(services).items()
-        if spec["build"]["dockerfile"] == "docker/Dockerfile.gpu"
-    }
-    assert {"worker", "trainer"} <= gpu
-    reserving = {name for name, spec in services.items() if gpu_reserved(spec)}
-    assert reserving == gpu
-    for name in gpu:
-        devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
-        assert [d.get("count") for d in devices] == [1], name
-        argv = services[name]["command"]
+    """Plain ``docker compose up`` starts the workers, and nothing asks for a GPU runtime."""
+    assert "COMPOSE_PROFILES" not in example_env()
+    for name, spec in services.items():
+        assert "profiles" not in spec or name == "producer", name
+        assert not gpu_reserved(spec), name
+    assert services["worker"]["image"] == services["trainer"]["image"] == "catdog:${IMAGE_TAG:-cpu}"
+
+
+def test_the_gpu_switch_gives_each_worker_a_named_gpu_and_shared_cards_a_memory_cap(
+    gpu_services: dict[str, dict[str, Any]],
+) -> None:
+    """With the GPU file, worker and trainer run the GPU image on the device ids they name;
+    on one shared card (the example's setting) each has a cap and the caps fit 16 GB."""
+    env = example_env()
+    assert "docker-compose.gpu.yml" in ENV_EXAMPLE.read_text()  # the documented switch
+    reserving = {name for name, spec in gpu_services.items() if gpu_reserved(spec)}
+    assert reserving == {"worker", "trainer"}
+    devices, caps = {}, {}
+    for name in reserving:
+        spec = gpu_services[name]
+        assert interpolate(spec["image"], env) == "catdog:gpu", name
+        (device,) = spec["deploy"]["resources"]["reservations"]["devices"]
+        assert "count" not in device, f"{name}: count picks the same GPU for every service"
+        devices[name] = [interpolate(d, env) for d in device["device_ids"]]
+        caps[name] = int(interpolate(spec["environment"]["CATDOG_GPU_MEMORY_LIMIT_MB"], env))
+        argv = spec["command"]
         assert argv[argv.index("--concurrency") + 1] == "1", name
+    if devices["worker"] == devices["trainer"]:
+        assert min(caps.values()) > 0 and sum(caps.values()) <= 16 * 1024
+
+
+@pytest.mark.parametrize("gpu", [False, True], ids=["cpu", "gpu"])
+def test_each_catdog_image_is_built_once_and_never_pulled(
+    services: dict[str, dict[str, Any]], gpu_services: dict[str, dict[str, Any]], gpu: bool
+) -> None:
+    """One service builds each catdog tag; the others run it and never pull it from a registry."""
+    chosen = catdog_services(gpu_services if gpu else services)
+    builders: dict[str, list[str]] = {}
+    for name, spec in chosen.items():
+        if "build" in spec:
+            builders.setdefault(spec["image"], []).append(name)
+        else:
+            assert spec.get("pull_policy") == "never", name
+    assert {image: len(names) for image, names in builders.items()} == {
+        image: 1 for image in {spec["image"] for spec in chosen.values()}
+    }
+    # A service that runs a tag it does not build depends, directly or not, on its builder.
+    for name, spec in chosen.items():
+        (builder,) = builders[spec["image"]]
+        seen, todo = set(), [name]
+        while todo:
+            current = todo.pop()
+            seen.add(current)
+            todo += [d for d in chosen.get(current, {}).get("depends_on", {}) if d not in seen]
+        assert builder in seen, f"{name} may start before {builder} built {spec['image']}"
 
 
 def test_image_stores_are_mounted_read_only(services: dict[str, dict[str, Any]]) -> None:
@@ -148,7 +227,7 @@ def test_flower_requires_basic_auth_and_keeps_its_state(
     from catdog.cli.ops import flower_argv
 
     flower = services["flower"]
-    assert flower["environment"]["CATDOG_FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
+    assert flower["environment"]["CATDOG_FLOWER_BASIC_AUTH"] == "${FLOWER_BASIC_AUTH:-}"
     state = Path(flower["environment"]["CATDOG_FLOWER_DB"])
     assert any(v.split(":")[1] == str(state.parent) for v in flower["volumes"])
     settings = Settings(
@@ -224,16 +303,68 @@ def test_long_running_services_restart_and_report_health(
         assert spec.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
 
 
-def test_worker_healthchecks_ping_the_node_their_command_starts(
+def test_worker_healthchecks_read_the_heartbeat_a_busy_worker_still_gives(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    """A worker's healthcheck pings ``catdog-<queue>@host``, the node ``catdog worker`` starts."""
-    for name, spec in catdog_services(services).items():
-        argv = spec["command"]
-        if argv[0] != "worker":
-            continue
-        queue = argv[argv.index("--queues") + 1]
-        assert f"-d catdog-{queue}@$$HOSTNAME" in " ".join(spec["healthcheck"]["test"]), name
+    """Workers are checked with ``catdog health`` (tests/test_health.py runs it against a busy
+    worker), never a ping their busy main loop cannot answer; the age allows missed beats."""
+    from catdog.workers.health import HEARTBEAT_INTERVAL_S
+
+    workers = {n: s for n, s in catdog_services(services).items() if s["command"][0] == "worker"}
+    assert {"worker", "trainer"} <= set(workers)
+    for name, spec in workers.items():
+        test = spec["healthcheck"]["test"]
+        assert test[0] == "CMD" and test[1] == "catdog", name
+        assert parse_command(test[2:]).name == "health", name
+        max_age = float(test[test.index("--max-age") + 1])
+        assert max_age >= 3 * HEARTBEAT_INTERVAL_S, name
+    assert "inspect ping" not in COMPOSE.read_text()
+
+
+def test_the_example_env_sets_every_required_variable_and_starts_flower(tmp_path: Path) -> None:
+    """Every ``${VAR:?}`` is set by .env.example, and Flower starts on it (no restart loop)."""
+    from catdog.cli.ops import flower_argv
+
+    env = example_env()
+    for text in (COMPOSE.read_text(), COMPOSE_GPU.read_text()):
+        interpolate(text, env)
+    flower = yaml.safe_load(COMPOSE.read_text())["services"]["flower"]
+    auth = interpolate(flower["environment"]["CATDOG_FLOWER_BASIC_AUTH"], env)
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        flower_basic_auth=SecretStr(auth) if auth else None,
+    )
+    argv = flower["command"]
+    login_file = tmp_path / Path(argv[argv.index("--login-file") + 1]).name
+    started = flower_argv(settings, 5555, argv[argv.index("--address") + 1], login_file)
+    assert any(a.startswith("--basic_auth=") for a in started)
+    state_dir = str(Path(flower["environment"]["CATDOG_FLOWER_DB"]).parent)
+    assert str(Path(argv[argv.index("--login-file") + 1]).parent) == state_dir  # on the volume
+
+
+def test_the_deployment_guide_installs_this_project_not_a_namesake() -> None:
+    """``pip install catdog`` would fetch an unrelated package: the guide installs from here."""
+    guide = (ROOT / "docs" / "deployment.md").read_text()
+    commands = "\n".join(re.findall(r"```sh\n(.*?)```", guide, re.S))
+    assert not re.search(r"pip install catdog(\s|$)", commands)
+    assert "pip install ." in commands
+
+
+@pytest.mark.skipif(
+    not os.environ.get("CATDOG_COMPOSE_SCHEMA"),
+    reason="set CATDOG_COMPOSE_SCHEMA to compose-spec.json (compose-spec/compose-spec, schema/)",
+)
+def test_the_compose_files_follow_the_compose_schema(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """docker-compose.yml, the GPU file and both merged validate against the compose schema."""
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads(Path(os.environ["CATDOG_COMPOSE_SCHEMA"]).read_text())
+    base = yaml.safe_load(COMPOSE.read_text())
+    gpu = yaml.safe_load(COMPOSE_GPU.read_text())
+    for document in (base, gpu, merged(base, gpu)):
+        errors = [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(document)]
+        assert errors == []
 
 
 def test_the_producer_is_a_one_off_tool(services: dict[str, dict[str, Any]]) -> None:
