@@ -43,6 +43,14 @@ def _session() -> Any:
     return session_factory(engine)()
 
 
+def _read_only_session() -> Any:
+    """A session that never creates or migrates the schema (``models list``)."""
+    from catdog.cli.pipeline import read_only_sessions
+    from catdog.settings import get_settings
+
+    return read_only_sessions(get_settings())()
+
+
 @click.command()
 @click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
@@ -369,7 +377,7 @@ def list_models(fmt: str) -> None:
     first promotion), and each accuracy with the validation set it was measured on."""
     from catdog.ops.model_list import model_rows, write_model_rows
 
-    with _session() as session:
+    with _read_only_session() as session:
         rows = model_rows(session)
     if not any(row.registered for row in rows):
         bundled = " yet: the bundled model is production" if rows else ""
