@@ -31,7 +31,7 @@ from catdog.ops.exporter import run_families
 from catdog.ops.status import run_record
 from catdog.producer.scan import Stopped, scan
 from catdog.settings import Settings
-from catdog.stores import LocalStore
+from catdog.stores import FileEntry, LocalStore
 from helpers import make_image
 from services import TcpProxy
 
@@ -371,3 +371,47 @@ def test_catdog_status_waits_out_a_short_database_outage(
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == []
     assert [r for r in caplog.records if r.name == "catdog.db.retry"]
+
+
+class ListedStore:
+    """A store that lists ``n`` files with long names (nothing is read in a scan)."""
+
+    root = "/listed"
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def walk(self, on_skip: object = None) -> Iterator[FileEntry]:
+        for i in range(self.n):
+            yield FileEntry(f"{'deep/' * 40}{i:06d}.jpg", 1000 + i, 1.0)
+
+
+def test_a_full_sqlite_disk_ends_the_run_interrupted_with_the_reason(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    """The database file cannot grow (a full disk): the scan fails after its short retries,
+    and its run says interrupted, why, and waits for nothing."""
+    from sqlalchemy import event
+
+    from catdog.db import retry
+
+    engine = make_engine(sqlite_url)
+    upgrade(engine)
+    sessions = session_factory(engine)
+    with sessions.begin() as s:
+        s.add(ModelVersion(version="v1", file="m", sha256="x", classes=[], input_size=[]))
+        s.execute(ModelVersion.__table__.update().values(is_production=True))
+    engine.dispose()
+
+    @event.listens_for(engine, "connect")
+    def full_disk(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        pages = dbapi_conn.execute("PRAGMA page_count").fetchone()[0]
+        dbapi_conn.execute(f"PRAGMA max_page_count = {pages + 2}")
+
+    # The outage budget (the first default of retrying) down to a second.
+    monkeypatch.setattr(retry.retrying, "__defaults__", (1.0, *retry.retrying.__defaults__[1:]))
+    with pytest.raises(OperationalError, match="full"):
+        scan(sessions, _settings(sqlite_url), [ListedStore(2000)], lambda run, ids: None)
+    (run,) = _runs(sessions)
+    engine.dispose()
+    assert run_state(run) == "interrupted" and "full" in run.end_reason and pending(run) == 0
