@@ -109,7 +109,9 @@ def _mark_ended(sessions: sessionmaker[Session], run_id: int, exc: BaseException
     try:
         retrying(work, f"marking run {run_id} interrupted", budget_s=END_BUDGET_S)
     except Exception as second:  # noqa: BLE001 - the first error is the one to raise
-        log.warning("run %d left unmarked (%s): a later scan will find it", run_id, second)
+        log.warning(
+            "run %d left unmarked (%s): a later scan will find it", run_id, describe(second)
+        )
 
 
 def scan(
