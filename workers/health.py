@@ -121,7 +121,7 @@ class Heartbeat:
         """Stop beating; the file goes and the worker leaves its queues' consumer sets."""
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(CHECK_TIMEOUT_S * 2)
+            self._thread.join(1.0)  # a daemon: a beat stuck on a dead server may stay
         self.file.unlink(missing_ok=True)
         if self._client is not None:
             try:

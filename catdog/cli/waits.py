@@ -51,7 +51,9 @@ def wait_for_broker(app: Celery, settings: Settings) -> None:
                 err=True,
             )
 
-    conn = app.connection_for_write()
+    # Without a connect timeout a host that drops packets holds the first attempt for the
+    # kernel's TCP timeout (minutes), before anything could be said.
+    conn = app.connection_for_write(transport_options={"socket_connect_timeout": SAY_EVERY_S})
     try:
         conn.ensure_connection(
             errback=say, interval_start=0.5, interval_step=0.5, interval_max=2, timeout=timeout
