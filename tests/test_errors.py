@@ -155,3 +155,16 @@ def test_errors_that_are_not_about_services_are_left_alone() -> None:
     """A bug stays a traceback: only connection and configuration failures become a line."""
     assert explain(KeyError("x"), None) is None
     assert explain(ZeroDivisionError(), None) is None
+
+
+def test_scan_with_a_closed_postgresql_port_is_one_line(
+    catdog: Callable[..., Result], photo_dir: Path
+) -> None:
+    """scan checks its database before the broker: the line names the database."""
+    port = free_port()
+    result = catdog(
+        ["scan", str(photo_dir)],
+        database_url=f"postgresql://ops:{PASSWORD}@127.0.0.1:{port}/labels",
+        broker_url=f"redis://127.0.0.1:{free_port()}/0",
+    )
+    assert f"127.0.0.1:{port}/labels" in one_line_error(result)
