@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from pydantic import SecretStr
 
 from catdog.images import (
     BYTES_PER_PIXEL,
@@ -213,7 +214,7 @@ def test_a_workers_decode_threads_share_the_budget_its_settings_give(tmp_path: P
 
     Image.new("RGB", (300, 200), (1, 2, 3)).save(tmp_path / "a.png")
     settings = Settings(
-        database_url=f"sqlite:///{tmp_path / 'c.db'}",  # type: ignore[arg-type]
+        database_url=SecretStr(f"sqlite:///{tmp_path / 'c.db'}"),
         decode_pixel_budget=12_345,
     )
     ctx = InferenceContext.create(settings)
