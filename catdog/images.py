@@ -283,7 +283,8 @@ def _model_pixels(img: Image.Image, width: int, height: int) -> np.ndarray:
     if img.mode not in ("RGB", "L"):
         img = _replace(img, img.convert("RGB"))
     # Greyscale is resized before it becomes RGB: the same pixels for a quarter of the memory.
-    small = _resize(img, width, height).convert("RGB")
+    small = img.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=None)
+    small = small.convert("RGB")
     img.close()
     return np.asarray(small, dtype=np.uint8)
 
@@ -308,18 +309,6 @@ def _eight_bit(img: Image.Image) -> Image.Image:
     for top, bottom in strips:
         out[top:bottom] = (strip(top, bottom) * scale).astype(np.uint8)
     return Image.fromarray(out, "L")
-
-
-def _resize(img: Image.Image, width: int, height: int) -> Image.Image:
-    """Bilinear resize whose intermediate is never larger than the picture.
-
-    PIL resizes rows first, into a (new width x old height) buffer: for a tall, narrow
-    picture made wider that buffer is far larger than the picture (1 x 100 M pixels to 224
-    wide: 90 GB), so such pictures are resized in height first.
-    """
-    if width > img.width and height < img.height:
-        img = img.resize((img.width, height), Image.Resampling.BILINEAR, reducing_gap=None)
-    return img.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=None)
 
 
 def thumbnail_jpeg(

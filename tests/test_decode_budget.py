@@ -26,10 +26,12 @@ from pydantic import SecretStr
 from catdog.images import (
     BYTES_PER_PIXEL,
     DEFAULT_PIXEL_BUDGET,
+    ImageError,
     PixelBudget,
     decode,
     decode_cost,
     shared_budget,
+    thumbnail_jpeg,
 )
 from catdog.settings import Settings
 
@@ -179,6 +181,25 @@ def test_a_picture_larger_than_the_budget_still_decodes() -> None:
     budget = PixelBudget(1_000)
     pixels, w, h = decode(buf.getvalue(), (32, 32), 10**9, budget)
     assert pixels.shape == (32, 32, 3) and (w, h) == (400, 300)
+    assert budget.peak == 120_000 and budget.held == 0
+
+
+def test_a_picture_that_fails_to_decode_gives_its_pixels_back() -> None:
+    """A truncated PNG fails with a reason and leaves nothing held for the threads after it."""
+    buf = io.BytesIO()
+    _noise("RGB", (400, 300)).save(buf, "PNG")
+    budget = PixelBudget(1_000_000)
+    with pytest.raises(ImageError, match="corrupt or truncated"):
+        decode(buf.getvalue()[:2_000], (32, 32), 10**9, budget)
+    assert budget.peak == 120_000 and budget.held == 0 and budget.waiting == 0
+
+
+def test_report_thumbnails_decode_under_the_budget_too() -> None:
+    """catdog report's thumbnails hold their pictures' pixels like the workers' decodes."""
+    buf = io.BytesIO()
+    _noise("RGBA", (400, 300)).save(buf, "PNG")
+    budget = PixelBudget(1_000_000)
+    thumbnail_jpeg(buf.getvalue(), 64, 10**9, budget)
     assert budget.peak == 120_000 and budget.held == 0
 
 
