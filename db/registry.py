@@ -30,6 +30,11 @@ def metadata_path(model_file: Path) -> Path:
     return model_file.with_suffix(".json")
 
 
+def tflite_path(model_file: Path) -> Path:
+    """The LiteRT conversion CPU workers run, kept beside a ``.keras`` file."""
+    return Path(model_file).with_suffix(".tflite")
+
+
 def read_metadata(model_file: Path) -> dict[str, Any]:
     """Read a model's sidecar metadata; classes and input size are required."""
     side = metadata_path(model_file)
@@ -111,6 +116,8 @@ def register(session: Session, model_file: Path, models_dir: Path) -> ModelVersi
     target = models_dir / f"{version}.keras"
     shutil.copyfile(model_file, target)
     shutil.copyfile(metadata_path(model_file), metadata_path(target))
+    if tflite_path(model_file).is_file():  # CPU workers run this, not the .keras file
+        shutil.copyfile(tflite_path(model_file), tflite_path(target))
     row = ensure_version(session, target, prefix="v")
     row.version = version
     session.flush()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,9 @@ import numpy as np
 
 from catdog.training import datasets
 from catdog.training.report import write_training_report
+from catdog.training.tflite import ConversionError, export_tflite
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,8 +43,9 @@ def finish_run(
     title: str,
     report: bool = True,
 ) -> TrainResult:
-    """Write history, validation metrics and predictions and the report beside the saved
-    ``model.keras``; ``validation`` is ``(y_true, probs, files)``.
+    """Write history, validation metrics and predictions, the report and the ``model.tflite``
+    CPU workers run beside the saved ``model.keras``; ``validation`` is
+    ``(y_true, probs, files)``.
     """
     y_val, probs, files = validation
     (out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
@@ -56,6 +61,10 @@ def finish_run(
         page = write_training_report(
             out, history, np.asarray(y_val), probs, metadata["classes"], files, metrics, title=title
         )
+    try:
+        export_tflite(model_file)
+    except ConversionError as exc:  # the trained model is still good on TensorFlow
+        log.warning("%s (model.keras is saved and runs on TensorFlow)", exc)
     return TrainResult(
         out,
         model_file,

@@ -93,6 +93,7 @@ def run_training(
     """
     from catdog.training.datasets import discover, split
     from catdog.training.evaluate import evaluate_on
+    from catdog.training.tflite import ensure_tflite
     from catdog.training.train import train
 
     settings = settings or get_settings()
@@ -134,6 +135,9 @@ def run_training(
                 note = "no current model to compare with"
             except (OSError, ValueError) as exc:
                 note = f"current model {baseline_version} could not be evaluated: {exc}"
+            # CPU workers run the .tflite beside the file: a version they could not run is
+            # never registered (a conversion that disagrees with Keras fails the run here).
+            ensure_tflite(result.model_file)
             version = registry.register(session, result.model_file, Path(settings.models_dir))
             better = is_better(new_metrics, baseline_metrics)
             promoted = better or force

@@ -292,6 +292,6 @@ def copy_outputs(result: TrainResult, target: str | Path) -> Path:
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
     for path in result.out_dir.iterdir():
-        if path.suffix in (".keras", ".json", ".html", ".png"):
+        if path.suffix in (".keras", ".tflite", ".json", ".html", ".png"):
             shutil.copy2(path, target / path.name)
     return target

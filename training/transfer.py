@@ -26,6 +26,7 @@ from rich.progress import track
 from catdog.images import ImageError, decode
 from catdog.training import datasets
 from catdog.training.evaluate import compute_metrics, evaluate_on
+from catdog.training.tflite import export_tflite
 
 #: The backbone is cut after this block: what follows (block7a, top) is trained on the cache.
 CUT_LAYER = "block6d_add"
@@ -340,6 +341,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(json.dumps(measure_speed(args.speed, files)))
         return
     meta = train(args.data, args.out, args.size, args.seed, args.cache_dir, args.epochs, args.views)
+    print("wrote", export_tflite(args.out))  # what CPU workers run, beside the .keras file
     keys = ("accuracy", "roc_auc", "log_loss", "ece")
     print(json.dumps({k: meta["metrics"][k] for k in keys}), meta["training_seconds"], "s")
 

@@ -404,6 +404,19 @@ def promote_model(version: str) -> None:
         click.echo(f"production model: {row.version}")
 
 
+@models.command("convert")
+@click.argument("model_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def convert_model(model_file: Path) -> None:
+    """Write the .tflite CPU workers run beside MODEL_FILE (a .keras file), checked against it."""
+    from catdog.training.tflite import export_tflite
+
+    try:
+        written = export_tflite(model_file)
+    except _user_errors() as exc:
+        raise _fail(exc) from exc
+    click.echo(f"wrote {written}")
+
+
 def register(group: click.Group) -> None:
     """Add this module's commands to ``group``."""
     for command in (explore, train, evaluate, retrain, models):
