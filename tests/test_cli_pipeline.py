@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,12 +30,7 @@ def runner(env, sqlite_url) -> CliRunner:
 def test_classify_prints_one_jsonl_row_per_image(
     runner, photo_dir, tiny_model, sqlite_url, tmp_path, monkeypatch
 ):
-    """Good images get a label and confidence; broken ones an error; rows land in SQLite.
-
-    The cache starts empty, so the model is converted for the CPU runtime during the run:
-    nothing that conversion prints may end up among the rows on stdout.
-    """
-    monkeypatch.setenv("CATDOG_CACHE_DIR", str(tmp_path / "cold-cache"))
+    """Good images get a label and confidence; broken ones an error; rows land in SQLite."""
     result = runner.invoke(
         main, ["classify", str(photo_dir), "--model", str(tiny_model), "--format", "jsonl"]
     )
@@ -168,13 +164,16 @@ def test_scan_without_a_broker_points_to_classify(runner, photo_dir):
 
 
 def test_the_installed_command_runs_classify_end_to_end(photo_dir, tiny_model, tmp_path):
-    """The console script, in a fresh process, classifies and exits 0, without TensorFlow's
-    import notices or the TFLite delegate announcement on its stderr."""
-    env = {
-        **os.environ,
-        "CATDOG_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}",
-        "CATDOG_CACHE_DIR": str(tmp_path / "cache"),  # converts the model for TFLite too
-    }
+    """The console script, in a fresh process, classifies on LiteRT and exits 0, without
+    TensorFlow's import notices or the XNNPACK delegate announcement on its stderr."""
+    from catdog.training.tflite import export_tflite
+
+    model = tmp_path / "model" / "tiny.keras"
+    model.parent.mkdir()
+    shutil.copy(tiny_model, model)
+    shutil.copy(tiny_model.with_suffix(".json"), model.with_suffix(".json"))
+    export_tflite(model)
+    env = {**os.environ, "CATDOG_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
     out = subprocess.run(
         [
             sys.executable,
@@ -183,7 +182,7 @@ def test_the_installed_command_runs_classify_end_to_end(photo_dir, tiny_model, t
             "classify",
             str(photo_dir / "cats"),
             "--model",
-            str(tiny_model),
+            str(model),
             "--format",
             "jsonl",
         ],
@@ -196,7 +195,7 @@ def test_the_installed_command_runs_classify_end_to_end(photo_dir, tiny_model, t
     assert [json.loads(x)["label"] for x in out.stdout.splitlines()] == ["cat"] * 3
     for notice in ("oneDNN", "absl::InitializeLog", "XNNPACK delegate", "Saved artifact"):
         assert notice not in out.stderr, out.stderr
-    assert list((tmp_path / "cache" / "tflite").glob("*.tflite"))  # the TFLite path ran
+    assert "on TensorFlow" not in out.stderr  # the .tflite beside the model ran, on LiteRT
 
 
 def test_classify_csv_on_stdout_is_only_rows_and_the_summary_goes_to_stderr(

@@ -120,8 +120,11 @@ def classify(
         except ModelNotFound as exc:
             raise click.ClickException(str(exc)) from exc
         ctx = InferenceContext.create(settings)
-        with ctx.sessions.begin() as session:
-            ctx.current_model(session)  # load before the run's clock starts
+        try:
+            with ctx.sessions.begin() as session:
+                ctx.current_model(session)  # load before the run's clock starts
+        except ModelNotFound as exc:  # e.g. no .tflite beside it and no TensorFlow installed
+            raise click.ClickException(str(exc)) from exc
         # A first walk counts the images, so the bar has a total and a time left.
         bar.update(task, description="counting files ...")
         total = 0
