@@ -234,7 +234,9 @@ def decode(
                 if orientation in TURNED_ORIENTATIONS:
                     full_w, full_h = full_h, full_w  # record the size of the upright picture
                 if orientation in ORIENTATIONS:
-                    img = ImageOps.exif_transpose(img) or img
+                    upright = ImageOps.exif_transpose(img)
+                    if upright is not None:  # never None when not in place; mypy can't tell
+                        img = _replace(img, upright)
                 pixels = _model_pixels(img, width, height)
     except ImageError:
         raise

@@ -26,6 +26,7 @@ from pydantic import SecretStr
 from catdog.images import (
     BYTES_PER_PIXEL,
     DEFAULT_PIXEL_BUDGET,
+    EXIF_ORIENTATION,
     ImageError,
     PixelBudget,
     decode,
@@ -266,10 +267,18 @@ def _noise(mode: str, size: tuple[int, int]) -> Image.Image:
     raise ValueError(mode)
 
 
+def _sideways() -> bytes:
+    """EXIF saying the picture must turn a quarter to stand upright."""
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    return exif.tobytes()
+
+
 #: (mode, format, save options): every path of the decoder, the costly ones above all.
 CASES = [
     ("RGB", "PNG", {}),
     ("RGBA", "PNG", {}),
+    ("RGBA", "PNG", {"exif": _sideways()}),  # turned upright: one more copy for a moment
     ("LA", "PNG", {}),
     ("P", "PNG", {"transparency": 0}),
     ("L", "PNG", {}),
@@ -281,10 +290,11 @@ CASES = [
     ("RGBA", "WEBP", {"lossless": True, "method": 0}),
     ("RGB", "BMP", {}),
 ]
+CASE_IDS = [f"{m}-{f}" + ("-sideways" if "exif" in o else "") for m, f, o in CASES]
 
 
 @needs_proc
-@pytest.mark.parametrize(("mode", "fmt", "options"), CASES, ids=[f"{m}-{f}" for m, f, _ in CASES])
+@pytest.mark.parametrize(("mode", "fmt", "options"), CASES, ids=CASE_IDS)
 def test_each_kind_of_picture_costs_at_most_bytes_per_pixel_of_what_it_holds(
     tmp_path: Path, mode: str, fmt: str, options: dict[str, object]
 ) -> None:
