@@ -275,7 +275,7 @@ def _sideways() -> bytes:
 
 
 #: (mode, format, save options): every path of the decoder, the costly ones above all.
-CASES = [
+CASES: list[tuple[str, str, dict[str, object]]] = [
     ("RGB", "PNG", {}),
     ("RGBA", "PNG", {}),
     ("RGBA", "PNG", {"exif": _sideways()}),  # turned upright: one more copy for a moment
