@@ -47,6 +47,11 @@ UNREADABLE = "unreadable"
 _ESCAPED_BYTE = re.compile(r"[\udc80-\udcff]")
 _STORED_ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2})")
 
+
+class StoreUnavailable(OSError):
+    """A store that cannot be listed (no such bucket, no credentials, no network): one line."""
+
+
 #: Called for each file that is not listed: (stored name, reason).
 OnSkip = Callable[[str, str], None]
 
@@ -237,7 +242,13 @@ class FsspecStore:
 
     def walk(self, on_skip: OnSkip | None = None) -> Iterator[FileEntry]:
         """Every object under the prefix with the size and time the listing already gives."""
-        listing = self.fs.find(self._path, detail=True, withdirs=False)
+        try:
+            listing = self.fs.find(self._path, detail=True, withdirs=False)
+        except Exception as exc:  # noqa: BLE001 - any client error: say which store, briefly
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise StoreUnavailable(
+                f"cannot list {self.root}: {type(exc).__name__}: {first[:200]}"
+            ) from exc
         for path in sorted(listing):
             info = listing[path]
             rel = path[len(self._path) :].lstrip("/")

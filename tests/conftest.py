@@ -70,8 +70,12 @@ def photo_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny model file shared by the session's tests."""
-    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny.keras")
+    """A tiny model file shared by the session's tests, with its .tflite (the CPU runtime)."""
+    from catdog.training.tflite import export_tflite
+
+    model = build_tiny_model(tmp_path_factory.mktemp("models") / "tiny.keras")
+    export_tflite(model)
+    return model
 
 
 @pytest.fixture

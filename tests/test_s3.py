@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -60,6 +63,8 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
     werkzeug = logging.getLogger("werkzeug")
     werkzeug.addHandler(handler)
     werkzeug.setLevel(logging.INFO)
+    # moto keeps its state per process: start every test from an empty server.
+    urllib.request.urlopen(urllib.request.Request(f"{state.url}/moto-api/reset", method="POST"))
     boto3.client("s3").create_bucket(Bucket=BUCKET)
     import fsspec
 
@@ -129,3 +134,83 @@ def test_a_store_url_with_credentials_in_it_is_refused() -> None:
     """Keys belong to the environment, never to a URL that would be stored and printed."""
     with pytest.raises(ValueError, match="no credentials"):
         FsspecStore(f"s3://key:{SECRET}@{BUCKET}/photos")
+
+
+def _png(tmp_path: Path, kind: str, seed: int, size: tuple[int, int] = (48, 40)) -> bytes:
+    from helpers import make_image
+
+    return make_image(tmp_path / f"{kind}-{seed}.png", kind, size, seed).read_bytes()
+
+
+def _classify(args: list[str]) -> tuple[int, list[dict[str, object]], str]:
+    from click.testing import CliRunner
+
+    from catdog.cli import main
+
+    result = CliRunner().invoke(main, ["classify", *args, "--format", "jsonl"])
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    return result.exit_code, rows, result.stderr
+
+
+def test_classify_labels_a_bucket_and_a_second_run_reads_no_object(
+    s3: S3Server, env, sqlite_url: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    """Good objects are labeled, broken ones fail with a reason; unchanged objects are not
+    read again, and a changed one is labeled again."""
+    for i, kind in enumerate(("cat", "dog", "cat")):
+        put(
+            f"photos/{kind}{i}.png",
+            _png(tmp_path, kind, i),
+        )
+    put("photos/broken.jpg", b"not a jpeg at all")
+    env(database_url=sqlite_url, model=str(tiny_model))
+    url = f"s3://{BUCKET}/photos"
+    code, rows, stderr = _classify([url])
+    assert code == 0, stderr
+    by_path = {r["path"]: r for r in rows}
+    assert {p: r["label"] for p, r in by_path.items() if r.get("label")} == {
+        f"{url}/cat0.png": "cat",
+        f"{url}/dog1.png": "dog",
+        f"{url}/cat2.png": "cat",
+    }
+    assert "not an image" in str(by_path[f"{url}/broken.jpg"]["error"])
+    assert len(s3.gets(f"{BUCKET}/photos/")) == 4
+
+    s3.requests.clear()
+    code, rows, _ = _classify([url])
+    assert code == 0 and len(rows) == 4
+    assert s3.gets(f"{BUCKET}/photos/") == []  # the listing said nothing changed
+
+    put(
+        "photos/cat0.png",
+        _png(tmp_path, "dog", 7, size=(50, 40)),
+    )
+    s3.requests.clear()
+    code, rows, _ = _classify([url])
+    assert code == 0
+    assert {r["path"]: r["label"] for r in rows}[f"{url}/cat0.png"] == "dog"
+    assert len(s3.gets(f"{BUCKET}/photos/")) == 1
+
+
+def test_the_secret_key_is_never_stored_or_printed(
+    s3: S3Server, env, sqlite_url: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    """The database file, the rows and the log hold the store URL, never the credentials."""
+    put("photos/x.jpg", _jpeg(3))
+    env(database_url=sqlite_url, model=str(tiny_model))
+    code, rows, stderr = _classify([f"s3://{BUCKET}/photos"])
+    assert code == 0, stderr
+    database = Path(sqlite_url.removeprefix("sqlite:///")).read_bytes()
+    assert f"s3://{BUCKET}/photos".encode() in database
+    assert SECRET.encode() not in database
+    assert SECRET not in json.dumps(rows) and SECRET not in stderr
+
+
+def test_a_missing_bucket_is_one_line(s3: S3Server, env, sqlite_url: str, tiny_model: Path) -> None:
+    """Listing a bucket that does not exist fails with one line naming the store."""
+    env(database_url=sqlite_url, model=str(tiny_model))
+    code, _, stderr = _classify(["s3://no-such-bucket-here/photos"])
+    assert code == 1
+    lines = [line for line in stderr.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1 and "s3://no-such-bucket-here/photos" in lines[0], stderr
+    assert "Traceback" not in stderr

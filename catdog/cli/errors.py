@@ -41,6 +41,10 @@ def _explain_one(exc: BaseException, settings: Settings | None) -> str | None:
     from sqlalchemy.exc import ArgumentError, InterfaceError
     from sqlalchemy.exc import OperationalError as DatabaseError
 
+    from catdog.stores import StoreUnavailable
+
+    if isinstance(exc, StoreUnavailable):
+        return str(exc)
     if isinstance(exc, ArgumentError):
         # A URL without a scheme, an unknown driver: the URL itself is wrong.
         return f"CATDOG_DATABASE_URL{_database_where(settings)} is not usable: {cause_of(exc)}"

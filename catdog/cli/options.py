@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
 from catdog.ops.output import FORMATS
+
+if TYPE_CHECKING:
+    from catdog.stores import Store
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -53,3 +57,40 @@ def threshold_option(command: F) -> F:
         "[default: CATDOG_CONFIDENCE_THRESHOLD, else none]. Applied when rows are printed: "
         "stored labels keep the model's answer.",
     )(command)
+
+
+class StoreRootType(click.ParamType):
+    """A store root on the command line: a local path that exists, or a store URL."""
+
+    name = "PATH|URL"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> str:
+        from catdog.stores import is_url
+
+        text = str(value)
+        if is_url(text):
+            return text.rstrip("/")
+        if not os.path.lexists(text):
+            self.fail(f"path {text!r} does not exist.", param, ctx)
+        return text
+
+
+#: A store root argument (``catdog classify``, ``catdog scan``).
+STORE_ROOT = StoreRootType()
+
+
+def open_scan_store(root: str, allowed_roots: list[str]) -> Store:
+    """The store to walk for ``root``, or a one-line error (missing s3fs, credentials in it)."""
+    from catdog.stores import scan_store
+
+    try:
+        return scan_store(root, allowed_roots)
+    except ImportError as exc:
+        scheme = root.split("://", 1)[0]
+        extra = {"s3": "s3", "gs": "gcs", "gcs": "gcs"}.get(scheme)
+        hint = f": pip install 'catdog[{extra}]'" if extra else ""
+        raise click.ClickException(f"{scheme}:// stores need {exc.name or exc}{hint}") from exc
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc

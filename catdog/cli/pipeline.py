@@ -16,7 +16,7 @@ from typing import IO
 
 import click
 
-from catdog.cli.options import output_options, threshold_option
+from catdog.cli.options import STORE_ROOT, open_scan_store, output_options, threshold_option
 from catdog.settings import Settings, get_settings
 
 #: What a command that needs the broker says in embedded mode.
@@ -75,7 +75,7 @@ def _stdout() -> IO[str]:
 
 
 @click.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=STORE_ROOT)
 @click.option(
     "--model",
     "model_file",
@@ -85,9 +85,10 @@ def _stdout() -> IO[str]:
 @output_options()
 @threshold_option
 def classify(
-    paths: tuple[Path, ...], model_file: Path | None, fmt: str, threshold: float | None
+    paths: tuple[str, ...], model_file: Path | None, fmt: str, threshold: float | None
 ) -> None:
-    """Label images under PATHS in this process and print one row per image.
+    """Label images under PATHS (folders, files or store URLs such as s3://bucket/prefix) in
+    this process and print one row per image.
 
     Rows go to stdout; progress and a summary line (labeled, failed, already labeled, not
     registered, seconds) go to stderr. Files that are not registered (not an image type,
@@ -97,7 +98,6 @@ def classify(
     from catdog.db.registry import ModelNotFound, current_version
     from catdog.ops.output import rows_for, write_rows
     from catdog.producer.scan import scan
-    from catdog.stores import LocalStore
     from catdog.workers.inference import InferenceContext, StartedBatch, finish_batch, start_batch
 
     started = time.monotonic()
@@ -107,7 +107,7 @@ def classify(
     settings = get_settings().model_copy(update=updates)
     if threshold is None:
         threshold = settings.confidence_threshold
-    stores = [LocalStore(p) for p in paths]
+    stores = [open_scan_store(p, settings.store_roots) for p in paths]
     done = failed = finished = 0
     with labeling_progress(stderr_console()) as bar:
         # Something shows from the first second: loading a model takes seconds.
@@ -179,12 +179,12 @@ def classify(
 
 
 @click.command("scan")
-@click.argument("root", type=click.Path(exists=True, path_type=Path))
+@click.argument("root", type=STORE_ROOT)
 @click.option("--wait", is_flag=True, help="Show progress and return when the run is done.")
 @click.option("--relabel", is_flag=True, help="Re-label images labeled by an older model.")
 @click.option("--retry-failed", is_flag=True, help="Queue images that failed before again.")
-def scan_cmd(root: Path, wait: bool, relabel: bool, retry_failed: bool) -> None:
-    """Register images under ROOT and queue batches for the workers.
+def scan_cmd(root: str, wait: bool, relabel: bool, retry_failed: bool) -> None:
+    """Register images under ROOT (a folder or a store URL) and queue batches for the workers.
 
     Files that are not registered (not an image type, links, unreadable) are counted by
     reason on stderr; `catdog -v scan` lists each one.
@@ -196,7 +196,6 @@ def scan_cmd(root: Path, wait: bool, relabel: bool, retry_failed: bool) -> None:
     from catdog.cli.waits import wait_for_broker
     from catdog.producer.queue import BrokerQueue
     from catdog.producer.scan import scan
-    from catdog.stores import LocalStore
 
     settings = get_settings()
     if settings.embedded:
@@ -204,7 +203,7 @@ def scan_cmd(root: Path, wait: bool, relabel: bool, retry_failed: bool) -> None:
             f"{NO_BROKER}: start Redis and workers, or use `catdog classify`"
         )
     _, sessions = _database(settings)
-    store = LocalStore(root)
+    store = open_scan_store(root, settings.store_roots)
     app = make_celery(settings)
     wait_for_broker(app, settings)  # a wrong URL or password is an error, not a silent hang
     queue = BrokerQueue(app, store.root)
