@@ -3,14 +3,29 @@ PostgreSQL (bench/export_memory.py measures the million-row case)."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import tracemalloc
+from pathlib import Path
 
 import pytest
 
-from bench.export_memory import fill_postgres, fill_sqlite
 from catdog.db.engine import make_engine, session_factory
 from catdog.ops.output import all_rows, write_rows
+
+
+def _bench_module(name: str):  # type: ignore[no-untyped-def]
+    """A benchmark script as a module (bench/ is not installed: it is not part of catdog)."""
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_fill = _bench_module("export_memory")
+fill_postgres, fill_sqlite = _fill.fill_postgres, _fill.fill_sqlite
 
 #: A small and a ten times larger database: a streaming export peaks alike on both.
 SMALL, LARGE = 2_000, 20_000
