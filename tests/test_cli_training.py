@@ -93,6 +93,7 @@ def test_models_list_and_promote_use_the_registry(
 ) -> None:
     """A .keras file can be promoted, then shows as production in the list."""
     env(database_url=sqlite_url, models_dir=str(tmp_path / "models"))
+    assert invoke("db", "upgrade").exit_code == 0
     assert "no registered models" in invoke("models").output
     promoted = invoke("models", "promote", str(tiny_run.model_file))
     assert promoted.exit_code == 0, promoted.output

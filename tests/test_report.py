@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
-from catdog.db.models import Base, Image, ModelVersion, Prediction
+from catdog.db.migrate import upgrade
+from catdog.db.models import Image, ModelVersion, Prediction
 
 
 @pytest.fixture
@@ -24,7 +25,7 @@ def results_db(
     image_factory("dogs/d0.png", "dog", seed=7)
     (store / "broken.jpg").write_bytes(b"not a jpeg")
     engine = create_engine(sqlite_url)
-    Base.metadata.create_all(engine)
+    upgrade(engine)  # migrated, as `catdog db upgrade` leaves it
     with Session(engine) as session:
         v1 = ModelVersion(version="v1", file="v1.keras", sha256="0" * 64, classes=["cat", "dog"])
         session.add(v1)
