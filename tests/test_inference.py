@@ -125,3 +125,13 @@ def test_decoding_uses_every_usable_cpu_unless_told(sqlite_url, tiny_model):
     finally:
         default.close()
         chosen.close()
+
+
+def test_a_batch_starts_predicting_after_a_small_first_chunk() -> None:
+    """The first model call waits for 16 decoded images, not a whole chunk; all are covered."""
+    from catdog.workers.inference import _chunks
+
+    assert _chunks(150, 64, 16) == [(0, 16), (16, 80), (80, 144), (144, 150)]
+    assert _chunks(10, 64, 16) == [(0, 10)]
+    assert _chunks(0, 64, 16) == []
+    assert _chunks(128, 64, 64) == [(0, 64), (64, 128)]
