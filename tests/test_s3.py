@@ -30,6 +30,17 @@ class S3Server:
 
     url: str
     requests: list[str] = field(default_factory=list)
+    server: object = None
+
+    def stop(self) -> None:
+        """Take the server away (its objects stay in moto's memory for a restart)."""
+        self.server.stop()  # type: ignore[attr-defined]
+
+    def start(self) -> None:
+        """Bring it back on the same port."""
+        port = int(self.url.rsplit(":", 1)[1])
+        self.server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+        self.server.start()  # type: ignore[attr-defined]
 
     def gets(self, prefix: str) -> list[str]:
         """Object GETs (not listings) under ``/bucket/prefix``."""
@@ -51,7 +62,7 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    state = S3Server(f"http://{host}:{port}")
+    state = S3Server(f"http://{host}:{port}", server=server)
     for key, value in {
         "AWS_ENDPOINT_URL": state.url,
         "AWS_ACCESS_KEY_ID": "catdog-test",
@@ -72,7 +83,7 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
     forget_remote_stores()
     yield state
     werkzeug.removeHandler(handler)
-    server.stop()
+    state.stop()
 
 
 def put(key: str, body: bytes) -> None:
@@ -214,3 +225,121 @@ def test_a_missing_bucket_is_one_line(s3: S3Server, env, sqlite_url: str, tiny_m
     lines = [line for line in stderr.splitlines() if line.startswith("Error:")]
     assert len(lines) == 1 and "s3://no-such-bucket-here/photos" in lines[0], stderr
     assert "Traceback" not in stderr
+
+
+@pytest.mark.services
+@pytest.mark.slow
+def test_a_cluster_scan_of_a_bucket_labels_it_without_the_secret_leaving_the_environment(
+    s3: S3Server, cluster_env: dict[str, str], worker_factory, tmp_path: Path, redis_url: str
+) -> None:
+    """`catdog scan s3://... --wait` with a real worker confined to the prefix: every object
+    is labeled once, one outside the roots is refused, and the secret key appears in no log,
+    no database row and no message."""
+    import subprocess
+    import sys
+
+    import redis
+    from sqlalchemy import create_engine, text
+
+    for i, kind in enumerate(("cat", "dog", "cat", "dog", "cat")):
+        put(f"photos/{kind}{i}.png", _png(tmp_path, kind, i))
+    put("private/p.png", _png(tmp_path, "dog", 9))
+    aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    env = {**cluster_env, **aws, "CATDOG_STORE_ROOTS": f"s3://{BUCKET}/photos"}
+    worker = worker_factory(**aws, CATDOG_STORE_ROOTS=f"s3://{BUCKET}/photos")
+    scan = subprocess.run(
+        [sys.executable, "-m", "catdog", "scan", f"s3://{BUCKET}/photos", "--wait"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert scan.returncode == 0, scan.stderr
+    # A scan of the whole bucket registers the private prefix too; the worker refuses it.
+    whole = subprocess.run(
+        [sys.executable, "-m", "catdog", "scan", f"s3://{BUCKET}", "--wait"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert whole.returncode == 0, whole.stderr
+    engine = create_engine(cluster_env["CATDOG_DATABASE_URL"])
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT i.store, i.path, p.label, p.error FROM images i "
+                "JOIN predictions p ON p.image_id = i.id ORDER BY i.store, i.path"
+            )
+        ).all()
+        dump = " ".join(
+            str(v) for row in conn.execute(text("SELECT * FROM scan_runs")) for v in row
+        )
+    engine.dispose()
+    labels = {(store, path): (label, error) for store, path, label, error in rows}
+    photos = f"s3://{BUCKET}/photos"
+    assert {p: v[0] for (s, p), v in labels.items() if s == photos} == {
+        "cat0.png": "cat",
+        "dog1.png": "dog",
+        "cat2.png": "cat",
+        "dog3.png": "dog",
+        "cat4.png": "cat",
+    }
+    private = labels[(f"s3://{BUCKET}", "private/p.png")]
+    assert private[0] is None and "outside the configured store roots" in private[1]
+    assert not s3.gets(f"{BUCKET}/private/")  # refused before any request
+    everything = worker.log.read_text() + scan.stderr + whole.stderr + dump + repr(rows)
+    client = redis.Redis.from_url(redis_url)
+    everything += " ".join(repr(client.dump(k)) for k in client.keys("*"))
+    assert SECRET not in everything
+
+
+def test_a_store_that_goes_away_mid_run_fails_rows_and_a_retry_labels_them(
+    s3: S3Server, sqlite_url: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    """Objects that cannot be fetched become failed rows with a reason (the batch is stored,
+    nothing is lost or doubled); once the server is back, `--retry-failed` labels them."""
+    from sqlalchemy import func, select
+
+    from catdog.db.migrate import upgrade
+    from catdog.db.models import Prediction
+    from catdog.producer.scan import scan
+    from catdog.settings import Settings
+    from catdog.workers.inference import InferenceContext, classify_batch
+
+    for i, kind in enumerate(("cat", "dog", "cat")):
+        put(f"photos/{kind}{i}.png", _png(tmp_path, kind, i))
+    settings = Settings(database_url=sqlite_url, model=tiny_model, batch_size=8)  # type: ignore[arg-type]
+    ctx = InferenceContext.create(settings)
+    upgrade(ctx.engine)
+    url = f"s3://{BUCKET}/photos"
+    held: list[tuple[int, list[int]]] = []
+    scan(ctx.sessions, settings, [scan_store(url)], lambda run, ids: held.append((run, ids)))
+    s3.stop()  # the listing is done; the store goes away before the batch reads anything
+    run, ids = held[0]
+    result = classify_batch(ctx, run, ids)
+    assert (result.done, result.failed) == (0, 3)
+    with ctx.sessions() as session:
+        errors = session.scalars(select(Prediction.error)).all()
+    assert len(errors) == 3 and all(e and e.startswith("cannot read object") for e in errors)
+    assert all(SECRET not in e for e in errors)
+
+    s3.start()
+    forget_remote_stores()
+    retried = scan(
+        ctx.sessions,
+        settings,
+        [scan_store(url)],
+        lambda r, i: classify_batch(ctx, r, i),
+        retry_failed=True,
+    )
+    assert retried.queued == 3
+    with ctx.sessions() as session:
+        latest = session.execute(
+            select(Prediction.image_id, func.max(Prediction.id)).group_by(Prediction.image_id)
+        ).all()
+        labels = session.scalars(
+            select(Prediction.label).where(Prediction.id.in_([pid for _, pid in latest]))
+        ).all()
+    assert sorted(labels) == ["cat", "cat", "dog"]
+    ctx.close()
