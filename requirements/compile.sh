@@ -7,7 +7,7 @@
 # Needs uv (`pip install uv`). Linux x86_64, Python 3.11, like the images and CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-opts=(--python-version 3.11 --python-platform x86_64-manylinux_2_28 --quiet)
+opts=(--python-version 3.11 --python-platform x86_64-manylinux_2_28 --quiet -c requirements/constraints.txt)
 uv pip compile pyproject.toml "${opts[@]}" -o requirements/base.lock
 uv pip compile pyproject.toml --extra train "${opts[@]}" -o requirements/train.lock
 uv pip compile pyproject.toml --extra gpu "${opts[@]}" -o requirements/gpu.lock
