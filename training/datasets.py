@@ -162,6 +162,9 @@ def read_near_duplicates(data_dir: str | Path) -> list[tuple[str, str]]:
 def duplicate_groups(images: LabeledImages, pairs: Sequence[tuple[str, str]]) -> list[int]:
     """A group id per image: images joined by a chain of pairs share one id.
 
+    Hand-written (a small union-find) because scikit-learn's GroupShuffleSplit would be a
+    large dependency for one call, and it does not stratify by class as :func:`split` does.
+
     A pair names files by relative path or by bare file name; names that match no image
     are ignored.
     """

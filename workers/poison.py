@@ -5,6 +5,10 @@ batch that takes its worker down (out of memory, a crashing decoder, a kill) is 
 by the broker and never reaches an ``except``, so its starts are counted in Redis, where the
 count survives the worker. Either way, past the limit every image of the batch is stored as
 failed with the reason, and the message is acknowledged: a recorded failure, not a loop.
+
+Written here rather than taken from Celery: Celery counts retries of a task that raised, but
+has no count of deliveries that killed their worker (``task_reject_on_worker_lost`` just
+redelivers), which is the poison that matters for decoders.
 """
 
 from __future__ import annotations

@@ -106,6 +106,8 @@ def _cell(value: object) -> object:
     return value
 
 
+# The writers are a few lines each over the csv and json modules: a library would add a
+# dependency without removing the formula and markup rules that are catdog's own.
 def write_csv(records: Iterable[Mapping[str, object]], columns: Sequence[str], out: IO[str]) -> int:
     """A header line, then one line per record; mappings as JSON text, formulas neutralised."""
     w = csv.writer(out)
