@@ -22,7 +22,7 @@ from catdog.db.engine import engine_for, session_factory
 from catdog.db.queries import Outcome, image_locations, save_outcomes
 from catdog.images import Decoded, ImageError, PixelBudget, from_bytes, shared_budget
 from catdog.settings import Settings
-from catdog.stores import open_store
+from catdog.stores import is_url, open_store
 from catdog.workers.model import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,10 @@ class InferenceContext:
     pool: ThreadPoolExecutor
     #: Shared by the decode threads: how many pixels they may hold at once, all together.
     budget: PixelBudget = field(default_factory=shared_budget)
+    #: Fetches from object stores, ahead of the decode threads (see :data:`FETCH_GROUP`).
+    fetch_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="fetch")
+    )
     model: LoadedModel | None = None
     _pinned_version_id: int | None = field(default=None, repr=False)
 
@@ -105,7 +109,58 @@ class InferenceContext:
     def close(self) -> None:
         """Stop decode threads and close pooled connections."""
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.fetch_pool.shutdown(wait=False, cancel_futures=True)
         self.engine.dispose()
+
+
+#: Objects fetched by one call to a remote store (fsspec sends its requests concurrently).
+#: An object store answers in milliseconds, not microseconds: a batch's objects are fetched
+#: in groups ahead of the decode threads instead of one blocking GET per decode.
+FETCH_GROUP = 16
+#: Fetch calls in flight per process: with FETCH_GROUP, up to 64 requests outstanding.
+FETCH_THREADS = 4
+
+
+def _decode_fetched(
+    ctx: InferenceContext,
+    fetched: Future[list[bytes | ImageError]],
+    index: int,
+    size: tuple[int, int],
+) -> Decoded | str:
+    """Decode one object of a fetched group, or return why it failed."""
+    try:
+        data = fetched.result()[index]
+        if isinstance(data, ImageError):
+            return str(data)
+        return from_bytes(data, size, ctx.settings.max_image_pixels, ctx.budget)
+    except ImageError as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001 - one odd object must not stop the batch
+        log.exception("unexpected error reading or decoding an object")
+        return f"unexpected error: {type(exc).__name__}: {exc}"
+
+
+def _decode_all(
+    ctx: InferenceContext, locations: list[tuple[str, str]], size: tuple[int, int]
+) -> list[Future[Decoded | str]]:
+    """Queue the decoding of every (store, name), remote objects fetched in groups first."""
+    s = ctx.settings
+    futures: list[Future[Decoded | str] | None] = [None] * len(locations)
+    remote: dict[str, list[int]] = {}
+    for k, (store, name) in enumerate(locations):
+        if is_url(store):
+            remote.setdefault(store, []).append(k)
+        else:
+            futures[k] = ctx.pool.submit(_decode_one, ctx, store, name, size)
+    for store, positions in remote.items():
+        reader = open_store(store, list(s.store_roots))
+        for g in range(0, len(positions), FETCH_GROUP):
+            group = positions[g : g + FETCH_GROUP]
+            names = [locations[k][1] for k in group]
+            fetched = ctx.fetch_pool.submit(reader.read_many, names, s.max_file_bytes)
+            for j, k in enumerate(group):
+                futures[k] = ctx.pool.submit(_decode_fetched, ctx, fetched, j, size)
+    return [f for f in futures if f is not None]
 
 
 def _decode_one(
@@ -170,7 +225,7 @@ def start_batch(
         where = image_locations(session, image_ids)
     ids = [i for i in image_ids if i in where]  # rows deleted since the scan have no result
     size = model.input_size
-    futures = [ctx.pool.submit(_decode_one, ctx, *where[i], size) for i in ids]
+    futures = _decode_all(ctx, [where[i] for i in ids], size)
     return StartedBatch(run_id, model, ids, futures, started, load_seconds)
 
 

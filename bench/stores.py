@@ -1,0 +1,185 @@
+"""Labeling from an S3-protocol server against the same files on local disk, side by side.
+
+    .venv/bin/python bench/stores.py --images 2000 [--objects 100000] [--cluster]
+
+Starts moto's S3 server (``moto_server``) on a free loopback port as its own process, puts
+real photos from ../shared/data/catsdogs-train in a bucket and in a local folder, and runs
+`catdog classify` (embedded) on both, alternating, twice each; with ``--cluster`` also
+`catdog scan --wait` with one worker (Redis on 127.0.0.1:6379, PostgreSQL on 127.0.0.1:5432).
+Then puts ``--objects`` small objects under another prefix and times a first and a second
+registration of it (the second lists and registers only: nothing changed). Writes
+bench/results/stores.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.throughput import SHARED, cluster, embedded  # noqa: E402
+
+BUCKET = "catdog-bench"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_s3(log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """moto's S3 server in a process of its own, and its URL."""
+    port = free_port()
+    server = Path(sys.executable).parent / "moto_server"
+    proc = subprocess.Popen(
+        [str(server), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, url
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"moto_server did not start: {log.read_text()[-1000:]}")
+
+
+def photos(n: int) -> list[Path]:
+    """``n`` real photos, half cats and half dogs."""
+    cats = sorted((SHARED / "cat").glob("*.jpg"))[: n // 2]
+    dogs = sorted((SHARED / "dog").glob("*.jpg"))[: n - n // 2]
+    if len(cats) + len(dogs) < n:
+        raise SystemExit(f"need {n} photos under {SHARED}")
+    return cats + dogs
+
+
+def upload(client: object, items: list[tuple[str, bytes]]) -> None:
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda kv: client.put_object(Bucket=BUCKET, Key=kv[0], Body=kv[1]), items))  # type: ignore[attr-defined]
+
+
+def listing(prefix_url: str, tmp: Path) -> dict[str, float]:
+    """First and second registration of a prefix (the producer's walk + register, SQLite)."""
+    from catdog.db.engine import make_engine, session_factory
+    from catdog.db.migrate import upgrade
+    from catdog.producer.scan import scan
+    from catdog.settings import Settings
+    from catdog.stores import scan_store
+
+    url = f"sqlite:///{tmp / 'listing.db'}"
+    engine = make_engine(url)
+    upgrade(engine)
+    sessions = session_factory(engine)
+    settings = Settings(database_url=url)  # type: ignore[arg-type]
+    out: dict[str, float] = {}
+    for name in ("first", "second"):
+        t0 = time.perf_counter()
+        summary = scan(sessions, settings, [scan_store(prefix_url)], lambda run, ids: None)
+        secs = time.perf_counter() - t0
+        out[f"{name}_seconds"] = round(secs, 2)
+        out[f"{name}_objects_per_s"] = round(summary.files_seen / secs)
+        out[f"{name}_queued"] = summary.queued
+    engine.dispose()
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=2000)
+    p.add_argument("--objects", type=int, default=100_000)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--cluster", action="store_true")
+    p.add_argument("--model", type=Path, default=None, help="default: the bundled model")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results/stores.json")
+    args = p.parse_args()
+
+    import boto3
+
+    from catdog.settings import BUNDLED_MODEL
+
+    model = args.model or BUNDLED_MODEL
+    tmp = Path(tempfile.mkdtemp(prefix="catdog-bench-stores-"))
+    proc, url = start_s3(tmp / "moto.log")
+    os.environ.update(
+        AWS_ENDPOINT_URL=url,
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench-secret",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    try:
+        client = boto3.client("s3")
+        client.create_bucket(Bucket=BUCKET)
+        files = photos(args.images)
+        local = tmp / "photos"
+        local.mkdir()
+        items = []
+        for f in files:
+            name = f"{f.parent.name}.{f.name}"
+            shutil.copy(f, local / name)
+            items.append((f"photos/{name}", f.read_bytes()))
+        upload(client, items)
+        s3_root = f"s3://{BUCKET}/photos"
+        runs: dict[str, list[dict[str, float]]] = {"local": [], "s3": []}
+        for i in range(args.repeats):
+            for kind, root in (("local", str(local)), ("s3", s3_root)):
+                run_tmp = tmp / f"{kind}-{i}"
+                run_tmp.mkdir()
+                runs[kind].append(embedded(root, model, run_tmp))  # type: ignore[arg-type]
+                print(kind, f"{runs[kind][-1]['images_per_s']:.1f} img/s", flush=True)
+        result: dict[str, object] = {
+            "images": args.images,
+            "model": str(model),
+            "embedded": runs,
+        }
+        rate = {k: [r["images_per_s"] for r in v] for k, v in runs.items()}
+        result["embedded_s3_over_local"] = [
+            round(s / loc, 3) for s, loc in zip(rate["s3"], rate["local"], strict=True)
+        ]
+        if args.cluster:
+            warm = tmp / "warm"
+            warm.mkdir()
+            for f in files[:64]:
+                shutil.copy(f, warm / f"{f.parent.name}.{f.name}")
+            clus = {}
+            for kind, root in (("local", str(local)), ("s3", s3_root)):
+                run_tmp = tmp / f"cluster-{kind}"
+                run_tmp.mkdir()
+                clus[kind] = cluster(root, warm, model, run_tmp)  # type: ignore[arg-type]
+                print("cluster", kind, f"{clus[kind]['images_per_s']:.1f} img/s", flush=True)
+            result["cluster"] = clus
+            result["cluster_s3_over_local"] = round(
+                clus["s3"]["images_per_s"] / clus["local"]["images_per_s"], 3
+            )
+        if args.objects:
+            tiny = b"\xff\xd8\xff" + b"x" * 61
+            upload(
+                client, [(f"many/{i // 1000:03d}/{i:06d}.jpg", tiny) for i in range(args.objects)]
+            )
+            result["listing"] = {"objects": args.objects, **listing(f"s3://{BUCKET}/many", tmp)}
+            print("listing", result["listing"], flush=True)
+        result["host"] = {"platform": platform.platform(), "cpus": os.cpu_count()}
+        result["measured"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
