@@ -124,3 +124,18 @@ def count_predictions(database_url: str) -> int:
             return int(conn.scalar(select(func.count()).select_from(Prediction)) or 0)
     finally:
         engine.dispose()
+
+
+def label_cats_through(env: dict[str, str], root: Path, n: int) -> RunCount:
+    """Make ``n`` cat images, register them, send their batch to the broker by hand (as a
+    producer would) and wait for the workers to finish the run."""
+    from helpers import make_image
+
+    for i in range(n):
+        make_image(root / f"{i}.png", "cat", seed=i)
+    sent: list[tuple[int, list[int]]] = []
+    summary = scan_held(env, root, sent)
+    app = make_celery(settings_for(env))
+    app.send_task("catdog.classify_batch", args=list(sent[0]))
+    app.close()
+    return wait_for_run(env["CATDOG_DATABASE_URL"], summary.run_id, timeout=60)

@@ -8,11 +8,8 @@ from pathlib import Path
 import pytest
 from kombu import Connection
 
-from catdog.broker import make_celery
 from catdog.messages import MAX_ID, MAX_MESSAGE_BYTES, message_problem
-from catdog.settings import Settings
-from helpers import make_image
-from runs import scan_held, wait_for_run
+from runs import label_cats_through
 from services import RedisServer
 
 JSON = "application/json"
@@ -87,15 +84,7 @@ def test_malformed_messages_never_stop_a_worker_nor_linger_in_redis(
         _publish_raw(url, b"[" * (MAX_MESSAGE_BYTES + 10)),
         _publish_raw(url, "[[1, [2]], {}, {}]", content_type="text/plain"),
     ]
-    sent: list[tuple[int, list[int]]] = []
-    root = tmp_path / "photos"
-    for i in range(3):
-        make_image(root / f"{i}.png", "cat", seed=i)
-    summary = scan_held(fault_env, root, sent)
-    app = make_celery(Settings(broker_url=url))  # type: ignore[arg-type]
-    app.send_task("catdog.classify_batch", args=list(sent[0]))
-    app.close()
-    count = wait_for_run(fault_env["CATDOG_DATABASE_URL"], summary.run_id, timeout=60)
+    count = label_cats_through(fault_env, tmp_path / "photos", 3)
 
     assert count.exactly_once and count.labeled == 3, count
     assert worker.proc.poll() is None, "the worker exited"

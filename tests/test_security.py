@@ -13,7 +13,7 @@ from kombu import Connection
 from catdog.broker import make_celery
 from catdog.settings import SecretFileError, Settings
 from helpers import make_image
-from runs import scan_held, wait_for_run
+from runs import label_cats_through, scan_held, wait_for_run
 from services import RedisServer
 
 
@@ -50,15 +50,7 @@ def test_pickled_and_malformed_messages_are_rejected_and_the_worker_keeps_workin
     _publish(url, [[1, ["1; DROP TABLE images"]], {}, {}], serializer="json")
     _publish(url, [["only one argument"], {}, {}], serializer="json")
 
-    sent: list[tuple[int, list[int]]] = []
-    root = tmp_path / "photos"
-    for i in range(4):
-        make_image(root / f"{i}.png", "cat", seed=i)
-    summary = scan_held(fault_env, root, sent)
-    app = make_celery(Settings(broker_url=url))  # type: ignore[arg-type]
-    app.send_task("catdog.classify_batch", args=list(sent[0]))
-    app.close()
-    count = wait_for_run(fault_env["CATDOG_DATABASE_URL"], summary.run_id, timeout=60)
+    count = label_cats_through(fault_env, tmp_path / "photos", 4)
 
     assert count.exactly_once and count.labeled == 4, count
     assert worker.proc.poll() is None
