@@ -358,15 +358,24 @@ def open_store(root: str, allowed_roots: Sequence[str | Path] | None = None) -> 
     A local root that no longer exists still gives a store: each read then fails with a
     reason. Remote stores are cached per process (one client and connection pool each).
     """
-    roots = [str(r) for r in allowed_roots or []]
+    roots = tuple(str(r) for r in allowed_roots or [])
     if is_url(root):
-        return _remote(root, tuple(roots))
-    return _ReadOnlyLocal(root, [Path(r) for r in roots if not is_url(r)], bool(roots))
+        return _remote(root, roots)
+    return _local(root, roots)
+
+
+@lru_cache(maxsize=256)
+def _local(root: str, allowed_roots: tuple[str, ...]) -> _ReadOnlyLocal:
+    # Cached: workers open a store per image, and resolving its root and the allowed roots
+    # each time is file-system work on the hot path.
+    local = [Path(r) for r in allowed_roots if not is_url(r)]
+    return _ReadOnlyLocal(root, local, bool(allowed_roots))
 
 
 def forget_remote_stores() -> None:
-    """Drop cached remote stores (their clients), e.g. after credentials or endpoints change."""
+    """Drop cached stores (remote clients, resolved roots), e.g. after credentials change."""
     _remote.cache_clear()
+    _local.cache_clear()
 
 
 @lru_cache(maxsize=64)

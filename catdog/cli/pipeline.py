@@ -98,6 +98,7 @@ def classify(
     from catdog.db.registry import ModelNotFound, current_version
     from catdog.ops.output import rows_for, write_rows
     from catdog.producer.scan import scan
+    from catdog.stores import is_url
     from catdog.workers.inference import InferenceContext, StartedBatch, finish_batch, start_batch
 
     started = time.monotonic()
@@ -125,14 +126,17 @@ def classify(
                 ctx.current_model(session)  # load before the run's clock starts
         except ModelNotFound as exc:  # e.g. no .tflite beside it and no TensorFlow installed
             raise click.ClickException(str(exc)) from exc
-        # A first walk counts the images, so the bar has a total and a time left.
-        bar.update(task, description="counting files ...")
-        total = 0
-        for store in stores:
-            for _ in store.walk():
-                total += 1
-                if total % 1000 == 0:
-                    bar.update(task, completed=total)
+        # A first walk counts the images, so the bar has a total and a time left. Only on
+        # local disks: listing an object store twice would double its requests.
+        total: int | None = None
+        if not any(is_url(store.root) for store in stores):
+            bar.update(task, description="counting files ...")
+            total = 0
+            for store in stores:
+                for _ in store.walk():
+                    total += 1
+                    if total % 1000 == 0:
+                        bar.update(task, completed=total)
         bar.update(task, description="labeling", total=total, completed=0)
         pending: list[StartedBatch] = []
         # Images found not to need a label (already labeled by this model), as of the
