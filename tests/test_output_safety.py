@@ -18,7 +18,7 @@ from catdog.cli import main
 from catdog.db.models import ScanRun
 from catdog.ops.output import FORMATS, FORMULA_START, Row, write_rows
 from catdog.ops.status import status_table
-from tests.helpers import make_image
+from helpers import make_image
 
 #: Names Rich would read as markup: styles, a bare closing tag (a MarkupError when parsed),
 #: a link and an escape-looking sequence.

@@ -247,23 +247,21 @@ def test_a_cluster_scan_of_a_bucket_labels_it_without_the_secret_leaving_the_env
     aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
     env = {**cluster_env, **aws, "CATDOG_STORE_ROOTS": f"s3://{BUCKET}/photos"}
     worker = worker_factory(**aws, CATDOG_STORE_ROOTS=f"s3://{BUCKET}/photos")
-    scan = subprocess.run(
-        [sys.executable, "-m", "catdog", "scan", f"s3://{BUCKET}/photos", "--wait"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert scan.returncode == 0, scan.stderr
+
+    def scan_wait(root: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "catdog", "scan", root, "--wait"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        return done
+
+    scan = scan_wait(f"s3://{BUCKET}/photos")
     # A scan of the whole bucket registers the private prefix too; the worker refuses it.
-    whole = subprocess.run(
-        [sys.executable, "-m", "catdog", "scan", f"s3://{BUCKET}", "--wait"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert whole.returncode == 0, whole.stderr
+    whole = scan_wait(f"s3://{BUCKET}")
     engine = create_engine(cluster_env["CATDOG_DATABASE_URL"])
     with engine.connect() as conn:
         rows = conn.execute(
