@@ -151,8 +151,34 @@ class Settings(BaseSettings):
         "answer; `catdog health` checks its age",
     )
 
+    label_studio_url: str | None = Field(
+        default=None,
+        description="Label Studio server for `catdog review push/pull`, e.g. http://localhost:8080",
+    )
+    # A legacy token ("Token ...") or a personal access token (a JWT, exchanged for short-lived
+    # access tokens); never logged, printed or stored in catdog's database.
+    label_studio_token: SecretStr | None = Field(
+        default=None, description="Label Studio API token (legacy or personal access token)"
+    )
+    label_studio_token_file: Path | None = Field(
+        default=None,
+        description="file holding the Label Studio token (Docker secrets); wins over the token",
+    )
+    label_studio_document_root: str | None = Field(
+        default=None,
+        description="Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, for local image "
+        "URLs; unset: /",
+    )
+
     @field_validator(
-        "model", "predict_batch_size", "confidence_threshold", "gpu_memory_limit_mb", mode="before"
+        "model",
+        "predict_batch_size",
+        "confidence_threshold",
+        "gpu_memory_limit_mb",
+        "label_studio_url",
+        "label_studio_token",
+        "label_studio_document_root",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -179,6 +205,8 @@ class Settings(BaseSettings):
             self.broker_url = SecretStr(_read_secret(self.broker_url_file))
         if self.database_url_file is not None:
             self.database_url = SecretStr(_read_secret(self.database_url_file))
+        if self.label_studio_token_file is not None:
+            self.label_studio_token = SecretStr(_read_secret(self.label_studio_token_file))
         return self
 
     @property
