@@ -30,7 +30,7 @@ from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from catdog.images import IMAGE_EXTENSIONS, ImageError, read_file
 
@@ -268,6 +268,14 @@ class FsspecStore:
         ):
             raise ImageError("refused: store is outside the configured store roots")
         return path
+
+    def signed_url(self, name: str, expires_s: int) -> str:
+        """A URL a browser can fetch one object by: presigned where the store signs
+        (``fs.sign``: S3, GCS), the object's own URL for plain HTTP stores."""
+        path = self._object(name)
+        if self.root.startswith(("http://", "https://")):
+            return f"{self.root}/{quote(name)}"
+        return str(self.fs.sign(path, expiration=expires_s))
 
     def read(self, name: str, max_bytes: int) -> bytes:
         """One object's bytes, never more than ``max_bytes`` + 1 requested from the store."""

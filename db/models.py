@@ -154,3 +154,62 @@ class TrainingRun(Base):
     baseline_metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     promoted: Mapped[bool] = mapped_column(Boolean, default=False)
     message: Mapped[str | None] = mapped_column(Text)
+
+
+def _reviewed_image() -> Mapped[int]:
+    """The image a review row is about: one row per image, gone with it."""
+    return mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"),
+        ForeignKey("images.id", ondelete="CASCADE"),
+        unique=True,
+    )
+
+
+class ReviewItem(Base):
+    """An image sent to people for review, and what the model said when it was sent.
+
+    One row per image: an image under review or reviewed is never sent again (migration 0005).
+    """
+
+    __tablename__ = "review_items"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    image_id: Mapped[int] = _reviewed_image()
+    #: 'doubtful' (low confidence) or 'audit' (a random confident label).
+    reason: Mapped[str] = mapped_column(String(16))
+    predicted_label: Mapped[str | None] = mapped_column(String(128))
+    confidence: Mapped[float | None] = mapped_column(Float)
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    #: The hash of the bytes the model labeled (the prediction's), when known.
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    #: 'label-studio' or 'file'.
+    destination: Mapped[str] = mapped_column(String(32))
+    #: The Label Studio project (its URL) or the task file written.
+    project: Mapped[str | None] = mapped_column(String(1024))
+    task_id: Mapped[int | None] = mapped_column(BigInteger)
+    pushed: Mapped[datetime] = mapped_column(default=utcnow)
+    #: 'pending' until an answer comes back, then the human label's outcome.
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+
+
+class HumanLabel(Base):
+    """What a person said an image shows; a model never writes this table.
+
+    ``label`` is NULL when the reviewer skipped the task or gave several answers
+    (``outcome`` 'skipped' or 'ambiguous'): such images stay out of training.
+    """
+
+    __tablename__ = "human_labels"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    image_id: Mapped[int] = _reviewed_image()
+    label: Mapped[str | None] = mapped_column(String(128))
+    #: 'labeled', 'skipped' or 'ambiguous'.
+    outcome: Mapped[str] = mapped_column(String(16))
+    annotator: Mapped[str | None] = mapped_column(String(255))
+    annotated: Mapped[datetime | None] = mapped_column()
+    task_id: Mapped[int | None] = mapped_column(BigInteger)
+    annotation_id: Mapped[int | None] = mapped_column(BigInteger)
+    #: 'label-studio' (pulled through the API) or 'file' (an imported export file).
+    source: Mapped[str] = mapped_column(String(32))
+    updated: Mapped[datetime] = mapped_column(default=utcnow)

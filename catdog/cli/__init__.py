@@ -11,6 +11,8 @@ its own exceptions; only this package turns them into exits.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import sys
 import traceback
@@ -86,10 +88,13 @@ def main(verbose: int) -> None:
 
 
 def _register() -> None:
-    from catdog.cli import ops, pipeline, settings, training
+    from catdog.cli import ops, pipeline, review, settings, training
 
-    for module in (pipeline, training, ops, settings):
+    for module in (pipeline, training, ops, settings, review):
         module.register(main)
+    # Label Studio's push/pull attach themselves to the review group when present.
+    if importlib.util.find_spec("catdog.cli.review_studio") is not None:
+        importlib.import_module("catdog.cli.review_studio")
 
 
 _register()

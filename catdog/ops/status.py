@@ -16,6 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from catdog.db.models import ScanRun
 from catdog.db.retry import retrying
+from catdog.db.reviews import MIN_AUDIT
+from catdog.db.reviews import Summary as ReviewSummary
 from catdog.db.runs import is_live, pending, run_state
 
 #: Seconds between two looks at the database while waiting.
@@ -167,3 +169,28 @@ def wait_for_run(
         file=sys.stderr,
     )
     return True
+
+
+def review_lines(s: ReviewSummary) -> list[str]:
+    """Human review in a few lines: answers, changes, and the audit estimate."""
+    lines = [
+        f"human labels: {s.human} ({s.outcomes.get('skipped', 0)} skipped, "
+        f"{s.outcomes.get('ambiguous', 0)} ambiguous, not trained on); "
+        f"{s.pending} images awaiting review",
+        f"model labels changed by reviewers: {s.changed} of {s.changed + s.confirmed} reviewed",
+    ]
+    whose = f"labels of {s.version}" if s.version else "labels"
+    interval = s.interval
+    if s.accuracy is None or interval is None:
+        lines.append(f"estimated accuracy of unreviewed {whose}: no audit answers yet")
+        return lines
+    low, high = interval
+    line = (
+        f"estimated accuracy of unreviewed {whose}: {s.accuracy:.1%} "
+        f"(95% Wilson interval {low:.1%}-{high:.1%}, {s.audit_correct}/{s.audit_n} audit "
+        "labels confirmed)"
+    )
+    if s.too_small:
+        line += f"; sample too small to rely on (fewer than {MIN_AUDIT} audit answers)"
+    lines.append(line)
+    return lines
