@@ -197,14 +197,14 @@ def import_answers(file: Path) -> None:
         raise click.ClickException(str(exc)) from exc
     with sessions()() as session:
         try:
-            counts = record(session, tasks, "file", classes=_production_classes(session))
+            counts = record(session, tasks, "file", classes=production_classes(session))
         except LabelsError as exc:
             raise click.ClickException(f"{file}: {exc}") from exc
         session.commit()
     click.echo(counts.line())
 
 
-def _production_classes(session: Any) -> list[str] | None:
+def production_classes(session: Any) -> list[str] | None:
     """The classes of the model labeling images now (None when there is none)."""
     from catdog.db.registry import ModelNotFound, current_version
 

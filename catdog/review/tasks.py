@@ -22,6 +22,7 @@ from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
 from catdog.db.reviews import Candidate
+from catdog.settings import Settings
 from catdog.stores import FsspecStore, decode_name, is_url, open_store
 
 #: The names the labeling config gives its image and its choices (answers are read by them).
@@ -110,22 +111,22 @@ def prediction(candidate: Candidate) -> dict[str, Any]:
     }
 
 
-def _document_root(settings: Any) -> str:
-    root = getattr(settings, "label_studio_document_root", None)
-    return str(root) if root else DEFAULT_DOCUMENT_ROOT
+def _document_root(settings: Settings | None) -> str:
+    root = settings.label_studio_document_root if settings is not None else None
+    return root or DEFAULT_DOCUMENT_ROOT
 
 
 def task_for(
     candidate: Candidate,
-    settings: Any = None,
+    settings: Settings | None = None,
     *,
     document_root: str | Path | None = None,
     expires_s: int = SIGNED_URL_S,
 ) -> dict[str, Any]:
     """One Label Studio task: ``data.image``, ``data.catdog_image_id`` and ``predictions``.
 
-    ``document_root`` defaults to the settings' ``label_studio_document_root`` when they have
-    one, else Label Studio's default ``/``.
+    ``document_root`` defaults to ``CATDOG_LABEL_STUDIO_DOCUMENT_ROOT``, else Label Studio's
+    default ``/``.
     """
     root = document_root if document_root is not None else _document_root(settings)
     return {
