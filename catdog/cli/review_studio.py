@@ -1,0 +1,193 @@
+"""``catdog review push`` and ``catdog review pull``: the review loop with a Label Studio server.
+
+Both attach themselves to the ``review`` group (catdog.cli.review). The server and its token
+come from ``CATDOG_LABEL_STUDIO_URL`` and ``CATDOG_LABEL_STUDIO_TOKEN`` (or ``..._FILE``);
+an unreachable server or a refused token is one line, and the token is never printed.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from catdog.cli.progress import labeling_progress, stderr_console
+from catdog.cli.review import (
+    audit_count,
+    choose_or_fail,
+    limit_options,
+    production_classes,
+    review,
+    sessions,
+)
+from catdog.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from catdog.review.labels import RecordCounts
+    from catdog.review.studio import LabelStudio
+
+#: The Label Studio project catdog uses unless --project names another.
+DEFAULT_PROJECT = "catdog review"
+
+project_option = click.option(
+    "--project",
+    default=DEFAULT_PROJECT,
+    show_default=True,
+    help="Title of the Label Studio project (push creates it when missing).",
+)
+
+
+def client(settings: Settings) -> LabelStudio:
+    """A client for the configured server, or one line saying what to set."""
+    from catdog.review.studio import LabelStudio, StudioError
+
+    if not settings.label_studio_url:
+        raise click.ClickException(
+            "no Label Studio server: set CATDOG_LABEL_STUDIO_URL (without a server, use "
+            "`catdog review export` and `catdog review import`)"
+        )
+    if settings.label_studio_token is None:
+        raise click.ClickException(
+            "no Label Studio token: set CATDOG_LABEL_STUDIO_TOKEN or CATDOG_LABEL_STUDIO_TOKEN_FILE"
+        )
+    try:
+        return LabelStudio(
+            settings.label_studio_url, settings.label_studio_token.get_secret_value()
+        )
+    except StudioError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _classes(session: Any, version: str) -> list[str]:
+    from sqlalchemy import select
+
+    from catdog.db.models import ModelVersion
+
+    classes = session.scalars(
+        select(ModelVersion.classes).where(ModelVersion.version == version)
+    ).one()
+    return [str(c) for c in classes or []]
+
+
+def _local_roots(candidates: Sequence[Any]) -> list[str]:
+    """The local store roots of ``candidates``, as paths Label Studio sees."""
+    from catdog.stores import decode_name, is_url
+
+    return sorted(
+        {posixpath.normpath(decode_name(c.store)) for c in candidates if not is_url(c.store)}
+    )
+
+
+@review.command("push")
+@limit_options
+@project_option
+def push(limit: int, audit: int | None, no_audit: bool, seed: int | None, project: str) -> None:
+    """Send doubtful labels (and an audit sample) to Label Studio as tasks to review.
+
+    Each task shows the image and catdog's label as a pre-annotation, so a reviewer mostly
+    confirms with one key. Images already under review or reviewed are never sent again.
+    Local images are served by Label Studio's local files (see docs/review.md); object
+    store images by presigned URLs.
+    """
+    from catdog.db.reviews import mark_pushed
+    from catdog.review.select import by_reason
+    from catdog.review.studio import IMPORT_BATCH, StudioError
+    from catdog.review.tasks import TaskError, label_config, task_for
+
+    settings = get_settings()
+    n_audit = audit_count(audit, no_audit)
+    studio = client(settings)
+    console = stderr_console()
+    with sessions()() as session, studio:
+        chosen = choose_or_fail(session, limit, n_audit, seed)
+        if not chosen:
+            click.echo(
+                "nothing to review: every label is reviewed, under review, or failed", err=True
+            )
+            return
+        try:
+            # Every URL first: an image Label Studio could not show stops the push before
+            # anything is sent.
+            tasks = [task_for(c, settings) for c in chosen]
+        except TaskError as exc:
+            raise click.ClickException(str(exc)) from exc
+        pushed = 0
+        try:
+            studio.whoami()
+            target = studio.ensure_project(
+                project, label_config(_classes(session, chosen[0].model_version))
+            )
+            for root in _local_roots(chosen):
+                studio.connect_local_files(target.id, root)
+            where = f"{studio.where}/projects/{target.id}"
+            with labeling_progress(console) as progress:
+                bar = progress.add_task("importing tasks", total=len(tasks))
+                for start in range(0, len(tasks), IMPORT_BATCH):
+                    batch = slice(start, start + IMPORT_BATCH)
+                    ids = studio.import_tasks(target.id, tasks[batch])
+                    # Recorded batch by batch: a failure later leaves what was sent recorded.
+                    mark_pushed(session, chosen[batch], "label-studio", ids, project=where)
+                    session.commit()
+                    pushed += len(ids)
+                    progress.update(bar, advance=len(ids))
+        except StudioError as exc:
+            done = f" ({pushed} of {len(tasks)} tasks were sent and recorded)" if pushed else ""
+            raise click.ClickException(f"{exc}{done}") from None
+    reasons = by_reason(chosen)
+    click.echo(
+        f"pushed {pushed} tasks ({reasons.get('doubtful', 0)} doubtful, "
+        f"{reasons.get('audit', 0)} audit) to {'new ' if target.created else ''}project "
+        f"{project!r}: {where}"
+    )
+
+
+@review.command("pull")
+@project_option
+def pull(project: str) -> None:
+    """Store Label Studio's answers as human labels.
+
+    Pulling twice changes nothing; an annotation changed since updates the stored label.
+    Skipped tasks and tasks with conflicting answers stay out of training.
+    """
+    from catdog.review.labels import LabelsError, RecordCounts, record
+    from catdog.review.studio import StudioError
+
+    settings = get_settings()
+    studio = client(settings)
+    console = stderr_console()
+    total = RecordCounts()
+    with sessions()() as session, studio:
+        try:
+            found = studio.find_project(project)
+            if found is None:
+                raise click.ClickException(
+                    f"Label Studio at {studio.where} has no project {project!r} "
+                    "(`catdog review push` creates it)"
+                )
+            classes = production_classes(session)
+            with labeling_progress(console) as progress:
+                bar = progress.add_task("reading answers", total=None)
+                for tasks, count in studio.task_pages(int(found["id"])):
+                    # One commit per page: a pull cut short keeps what it read.
+                    _add(total, record(session, tasks, "label-studio", classes=classes))
+                    session.commit()
+                    progress.update(bar, total=count, advance=len(tasks))
+        except (StudioError, LabelsError) as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(f"{project!r}: {total.line()}")
+
+
+def _add(total: RecordCounts, more: RecordCounts) -> None:
+    """Add one page's counts to the running total."""
+    from dataclasses import fields
+
+    for f in fields(more):
+        value = getattr(more, f.name)
+        if isinstance(value, dict):
+            mine = getattr(total, f.name)
+            for key, n in value.items():
+                mine[key] = mine.get(key, 0) + n
+        else:
+            setattr(total, f.name, getattr(total, f.name) + value)

@@ -1,0 +1,317 @@
+"""The review loop against a real Label Studio server: push, a reviewer's answers, pull.
+
+The server is the session's own (tests/labelstudio.py); each test works in a project of its
+own and a SQLite database of its own, with images under the server's local-files document
+root, labeled by ``catdog classify`` with the tiny model.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from labelstudio import CHROMIUM, LabelStudioServer, label_studio, missing
+from sqlalchemy import select
+
+from catdog.cli import main
+from catdog.db.engine import make_engine, session_factory
+from catdog.db.models import HumanLabel, ModelVersion, Prediction, ReviewItem
+from helpers import make_image
+from services import free_port
+
+__all__ = ["label_studio"]  # the session fixture, used by name
+
+#: Synthetic photos per class (red blobs are cats, blue blobs dogs for the tiny model).
+PER_CLASS = 4
+
+
+@dataclass
+class Loop:
+    """One test's archive, database and Label Studio project."""
+
+    server: LabelStudioServer
+    photos: Path
+    database: str
+    project: str
+    env: Callable[..., None]
+
+    def catdog(self, *args: str) -> Result:
+        """Run ``catdog`` in-process with this loop's settings."""
+        return CliRunner().invoke(main, list(args))
+
+    def rows(self, model: type) -> list[Any]:
+        """Every row of a table."""
+        engine = make_engine(self.database)
+        try:
+            with session_factory(engine)() as session:
+                return list(session.scalars(select(model)))
+        finally:
+            engine.dispose()
+
+    def project_id(self) -> int:
+        """The Label Studio id of this loop's project."""
+        answer = self.api("GET", "/api/projects/", params={"title": self.project})
+        (found,) = [p for p in answer["results"] if p["title"] == self.project]
+        return int(found["id"])
+
+    def tasks(self) -> list[dict[str, Any]]:
+        """The project's tasks with predictions and annotations, as the API gives them."""
+        answer = self.api(
+            "GET",
+            "/api/tasks/",
+            params={"project": self.project_id(), "fields": "all", "page_size": 1000},
+        )
+        return list(answer["tasks"])
+
+    def api(self, method: str, path: str, **kwargs: Any) -> Any:
+        """A call to Label Studio as the reviewer; the JSON answer."""
+        response = self.server.api().request(method, self.server.url + path, timeout=60, **kwargs)
+        response.raise_for_status()
+        return response.json() if response.content else None
+
+    def annotate(self, task: dict[str, Any], label: str | None) -> dict[str, Any]:
+        """Answer a task as a reviewer would: pick ``label``, or skip it (None)."""
+        body: dict[str, Any] = {"result": [], "was_cancelled": label is None, "lead_time": 2.5}
+        if label is not None:
+            body["result"] = [choice(label)]
+        return dict(self.api("POST", f"/api/tasks/{task['id']}/annotations/", json=body))
+
+
+def choice(label: str) -> dict[str, Any]:
+    """A choices result on catdog's labeling config."""
+    return {
+        "from_name": "label",
+        "to_name": "image",
+        "type": "choices",
+        "value": {"choices": [label]},
+    }
+
+
+def flip(label: str) -> str:
+    return {"cat": "dog", "dog": "cat"}[label]
+
+
+@pytest.fixture
+def loop(
+    label_studio: LabelStudioServer,
+    tiny_model: Path,
+    sqlite_url: str,
+    env: Callable[..., None],
+) -> Loop:
+    """Photos labeled by catdog, and settings that point at the session's Label Studio."""
+    photos = label_studio.document_root / f"photos-{uuid.uuid4().hex[:8]}"
+    for i in range(PER_CLASS):
+        make_image(photos / "cats" / f"c{i}.jpg", "cat", size=(64, 48), seed=i)
+        make_image(photos / "dogs" / f"d{i}.jpg", "dog", size=(64, 48), seed=100 + i)
+    env(
+        database_url=sqlite_url,
+        model=str(tiny_model),
+        label_studio_url=label_studio.url,
+        label_studio_token=label_studio.token,
+        label_studio_document_root=str(label_studio.document_root),
+    )
+    loop = Loop(label_studio, photos, sqlite_url, f"catdog test {uuid.uuid4().hex[:8]}", env)
+    labeled = loop.catdog("classify", str(photos), "--format", "jsonl")
+    assert labeled.exit_code == 0, labeled.output
+    return loop
+
+
+def test_push_sends_tasks_with_pre_annotations_and_never_the_same_image_twice(loop: Loop):
+    """Tasks appear in a new project with catdog's label, score and model version as a
+    prediction; the review items record Label Studio's task ids; a second push reuses the
+    project and sends only images not sent before."""
+    first = loop.catdog("review", "push", "--limit", "3", "--audit", "1", "--seed", "0",
+                        "--project", loop.project)  # fmt: skip
+    assert first.exit_code == 0, first.output
+    assert "pushed 4 tasks (3 doubtful, 1 audit) to new project" in first.output
+
+    (version,) = loop.rows(ModelVersion)
+    predictions = {p.image_id: p for p in loop.rows(Prediction)}
+    items = {i.image_id: i for i in loop.rows(ReviewItem)}
+    tasks = loop.tasks()
+    assert len(tasks) == 4 and len(items) == 4
+    for task in tasks:
+        image_id = task["data"]["catdog_image_id"]
+        (pred,) = task["predictions"]
+        assert pred["model_version"] == version.version
+        assert pred["score"] == pytest.approx(predictions[image_id].confidence, abs=1e-6)
+        assert pred["result"] == [choice(predictions[image_id].label)]
+        assert items[image_id].task_id == task["id"]
+        assert items[image_id].destination == "label-studio"
+        assert items[image_id].project.endswith(f"/projects/{loop.project_id()}")
+        # Label Studio serves the image itself (local files under its document root).
+        image = loop.server.api().get(loop.server.url + task["data"]["image"], timeout=30)
+        assert image.status_code == 200 and image.content[:2] == b"\xff\xd8"
+    config = loop.api("GET", f"/api/projects/{loop.project_id()}/")["label_config"]
+    assert 'value="cat"' in config and 'value="dog"' in config
+
+    second = loop.catdog("review", "push", "--limit", "3", "--no-audit", "--project", loop.project)
+    assert second.exit_code == 0, second.output
+    assert "pushed 3 tasks (3 doubtful, 0 audit) to project" in second.output
+    ids = [t["data"]["catdog_image_id"] for t in loop.tasks()]
+    assert len(ids) == 7 and len(set(ids)) == 7
+
+
+def test_pull_stores_answers_once_and_a_changed_answer_updates(loop: Loop):
+    """A reviewer flips one label, confirms one and skips one: pull stores two human labels
+    and one skip, with who and when; pulling again changes nothing; an edited annotation
+    replaces the stored label."""
+    pushed = loop.catdog("review", "push", "--limit", "8", "--no-audit", "--project", loop.project)
+    assert pushed.exit_code == 0, pushed.output
+    tasks = sorted(loop.tasks(), key=lambda t: t["id"])
+    predicted = {t["id"]: t["predictions"][0]["result"][0]["value"]["choices"][0] for t in tasks}
+    flipped = loop.annotate(tasks[0], flip(predicted[tasks[0]["id"]]))
+    loop.annotate(tasks[1], predicted[tasks[1]["id"]])
+    loop.annotate(tasks[2], None)
+
+    pulled = loop.catdog("review", "pull", "--project", loop.project)
+    assert pulled.exit_code == 0, pulled.output
+    assert "8 tasks: 2 labeled, 1 skipped, 0 ambiguous, 5 not answered yet" in pulled.output
+    assert "stored 3 new, 0 changed, 0 unchanged" in pulled.output
+    humans = {h.task_id: h for h in loop.rows(HumanLabel)}
+    assert set(humans) == {tasks[0]["id"], tasks[1]["id"], tasks[2]["id"]}
+    first = humans[tasks[0]["id"]]
+    assert first.label == flip(predicted[tasks[0]["id"]]) and first.source == "label-studio"
+    assert first.annotator == loop.server.email and first.annotated is not None
+    assert humans[tasks[1]["id"]].label == predicted[tasks[1]["id"]]
+    assert humans[tasks[2]["id"]].label is None and humans[tasks[2]["id"]].outcome == "skipped"
+
+    again = loop.catdog("review", "pull", "--project", loop.project)
+    assert "stored 0 new, 0 changed, 3 unchanged" in again.output
+    assert len(loop.rows(HumanLabel)) == 3
+
+    # The reviewer changes their mind about the first image.
+    loop.api(
+        "PATCH",
+        f"/api/annotations/{flipped['id']}/",
+        json={"result": [choice(predicted[tasks[0]["id"]])]},
+    )
+    changed = loop.catdog("review", "pull", "--project", loop.project)
+    assert "stored 0 new, 1 changed, 2 unchanged" in changed.output
+    humans = {h.task_id: h for h in loop.rows(HumanLabel)}
+    assert humans[tasks[0]["id"]].label == predicted[tasks[0]["id"]]
+    assert len(humans) == 3
+
+
+def test_a_personal_access_token_works_as_well_as_a_legacy_one(loop: Loop):
+    """A personal access token (a JWT) is exchanged for access tokens: push and pull work."""
+    loop.env(label_studio_token=loop.server.personal_access_token())
+    pushed = loop.catdog("review", "push", "--limit", "2", "--no-audit", "--project", loop.project)
+    assert pushed.exit_code == 0, pushed.output
+    (task, _) = loop.tasks()
+    loop.annotate(task, "dog")
+    pulled = loop.catdog("review", "pull", "--project", loop.project)
+    assert pulled.exit_code == 0, pulled.output
+    assert [h.label for h in loop.rows(HumanLabel)] == ["dog"]
+
+
+def test_a_wrong_token_or_an_absent_server_is_one_line_and_sends_nothing(loop: Loop):
+    """Exit 1 with one line that names the server (never the token); nothing is recorded."""
+    loop.env(label_studio_token="not-the-token-0123456789")
+    wrong = loop.catdog("review", "push", "--limit", "2", "--project", loop.project)
+    assert wrong.exit_code == 1
+    assert wrong.output.count("\n") == 1 and "refused the token" in wrong.output
+    assert "not-the-token" not in wrong.output and loop.server.url in wrong.output
+
+    loop.env(
+        label_studio_token=loop.server.personal_access_token()[:-4] + "AAAA",  # bad signature
+    )
+    bad_jwt = loop.catdog("review", "pull", "--project", loop.project)
+    assert bad_jwt.exit_code == 1 and "refused the token" in bad_jwt.output
+
+    port = free_port()
+    loop.env(label_studio_url=f"http://127.0.0.1:{port}", label_studio_token=loop.server.token)
+    away = loop.catdog("review", "pull", "--project", loop.project)
+    assert away.exit_code == 1 and away.output.count("\n") == 1
+    assert (
+        f"cannot reach Label Studio at http://127.0.0.1:{port}: connection refused" in away.output
+    )
+
+    loop.env(label_studio_url=loop.server.url, label_studio_document_root="/somewhere/else")
+    outside = loop.catdog("review", "push", "--limit", "2", "--project", loop.project)
+    assert outside.exit_code == 1 and "outside Label Studio's document root" in outside.output
+    assert loop.rows(ReviewItem) == []
+    absent = loop.catdog("review", "pull", "--project", loop.project)
+    assert absent.exit_code == 1 and "has no project" in absent.output
+
+
+def test_the_token_is_never_stored_logged_or_printed(loop: Loop):
+    """``catdog -vv`` (debug logs, every HTTP request) with a legacy and a personal access
+    token: neither appears in the output or the logs, nor in the database file."""
+    pat = loop.server.personal_access_token()
+    outputs = []
+    for token in (loop.server.token, pat):
+        loop.env(label_studio_token=token)
+        for args in (["review", "push", "--limit", "1", "--no-audit"], ["review", "pull"]):
+            run = subprocess.run(
+                [sys.executable, "-m", "catdog", "-vv", *args, "--project", loop.project],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert run.returncode == 0, run.stderr[-2000:]
+            outputs += [run.stdout, run.stderr]
+        outputs.append(loop.catdog("settings", "--format", "json").output)
+    text = "\n".join(outputs)
+    assert "/api/tasks/" in text  # the requests were logged
+    database = Path(loop.database.removeprefix("sqlite:///")).read_bytes()
+    for token in (loop.server.token, pat):
+        assert token not in text
+        assert token.encode() not in database
+    assert len(loop.rows(ReviewItem)) == 2
+
+
+def test_a_pushed_image_loads_in_headless_chromium(loop: Loop, tmp_path: Path):
+    """A reviewer's browser shows the task's image (decoded, not a broken image); a task
+    whose file has gone shows none, so the check can tell."""
+    if not CHROMIUM.exists():
+        missing(f"chromium ({CHROMIUM}; apt-get install chromium)")
+    pushed = loop.catdog("review", "push", "--limit", "2", "--no-audit", "--project", loop.project)
+    assert pushed.exit_code == 0, pushed.output
+    shown, gone = sorted(loop.tasks(), key=lambda t: t["id"])
+    (loop.server.document_root / gone["data"]["image"].split("?d=", 1)[1]).unlink()
+    runs = {}
+    for name, task in (("shown", shown), ("gone", gone)):
+        screenshot = tmp_path / f"task-{name}.png"
+        runs[name] = subprocess.run(
+            [
+                str(loop.server.python),
+                str(Path(__file__).with_name("browser_check.py")),
+                loop.server.url,
+                loop.server.email,
+                loop.server.password,
+                str(loop.project_id()),
+                str(task["id"]),
+                str(screenshot),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert screenshot.stat().st_size > 10_000, runs[name].stderr[-2000:]
+    assert runs["shown"].returncode == 0, runs["shown"].stderr[-2000:]
+    seen = json.loads(runs["shown"].stdout.splitlines()[-1])
+    assert (seen["naturalWidth"], seen["naturalHeight"]) == (64, 48)
+    assert runs["gone"].returncode == 1
+    assert json.loads(runs["gone"].stdout.splitlines()[-1])["naturalWidth"] == 0
+
+
+def test_push_without_a_server_configured_says_what_to_set(
+    sqlite_url: str, env: Callable[..., None]
+):
+    """No URL, or no token: one line naming the variable."""
+    env(database_url=sqlite_url)
+    runner = CliRunner()
+    no_url = runner.invoke(main, ["review", "push"])
+    assert no_url.exit_code == 1 and "CATDOG_LABEL_STUDIO_URL" in no_url.output
+    env(label_studio_url="http://127.0.0.1:1")
+    no_token = runner.invoke(main, ["review", "pull"])
+    assert no_token.exit_code == 1 and "CATDOG_LABEL_STUDIO_TOKEN" in no_token.output
