@@ -11,11 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from statistics import NormalDist
+from typing import Any, Unpack
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, and_, case, func, or_, select
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
-from catdog.db.models import HumanLabel, Image, ReviewItem, utcnow
+from catdog.db.models import HumanLabel, Image, ModelVersion, Prediction, ReviewItem, utcnow
 
 #: Why an image was chosen: the model was unsure, or a random confident label to audit.
 REASONS = ("doubtful", "audit")
@@ -337,3 +339,40 @@ def summary(session: Session, version: str | None = None) -> Summary:
         audit_n=audit_n,
         audit_correct=audit_correct,
     )
+
+
+def human_label_column() -> ColumnElement[str | None]:
+    """The usable human label of a row's image, NULL when none: for selects that join
+    ``Image`` and ``Prediction`` (the export rows) after :func:`join_human_labels`.
+
+    A human label describes the bytes the reviewer saw: when the file changed since (the
+    prediction read another hash than the one sent for review), it no longer applies.
+    """
+    still_same = or_(
+        ReviewItem.sha256.is_(None),
+        Prediction.sha256.is_(None),
+        ReviewItem.sha256 == Prediction.sha256,
+    )
+    return case((still_same, HumanLabel.label), else_=None).label("human_label")
+
+
+def join_human_labels(stmt: Select[Unpack[tuple[Any, ...]]]) -> Select[Unpack[tuple[Any, ...]]]:
+    """``stmt`` (rows of ``Image`` with their ``Prediction``) with ``human_label`` added."""
+    return (
+        stmt.outerjoin(
+            HumanLabel, and_(HumanLabel.image_id == Image.id, HumanLabel.outcome == "labeled")
+        )
+        .outerjoin(ReviewItem, ReviewItem.image_id == Image.id)
+        .add_columns(human_label_column())
+    )
+
+
+def labels_in_use(session: Session) -> str | None:
+    """The version whose labels the audit estimate describes: production, else the version
+    whose labels were last sent for review (the bundled model's before any promotion)."""
+    prod = session.scalars(select(ModelVersion.version).where(ModelVersion.is_production)).first()
+    if prod is not None:
+        return prod
+    return session.scalars(
+        select(ReviewItem.model_version).order_by(ReviewItem.pushed.desc(), ReviewItem.id.desc())
+    ).first()

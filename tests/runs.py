@@ -27,15 +27,20 @@ def settings_for(env: dict[str, str], **overrides: object) -> Settings:
     return Settings(**{**values, **overrides})  # type: ignore[arg-type]
 
 
-def scan_with_broker(env: dict[str, str], root: Path, **overrides: object) -> ScanSummary:
-    """What ``catdog scan ROOT`` does: register, then queue batches with backpressure."""
+def scan_with_broker(
+    env: dict[str, str], root: Path, relabel: bool = False, **overrides: object
+) -> ScanSummary:
+    """What ``catdog scan ROOT [--relabel]`` does: register, then queue batches with
+    backpressure."""
     settings = settings_for(env, **overrides)
     engine = make_engine(settings.database())
     app = make_celery(settings)
     store = LocalStore(root)
     queue = BrokerQueue(app, store.root)
     try:
-        return scan(session_factory(engine), settings, [store], queue.send, queue.depth)
+        return scan(
+            session_factory(engine), settings, [store], queue.send, queue.depth, relabel=relabel
+        )
     finally:
         app.close()
         engine.dispose()

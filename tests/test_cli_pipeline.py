@@ -76,7 +76,7 @@ def test_classify_csv_and_export_share_columns(runner, photo_dir, tiny_model):
     assert first.exit_code == 0 and exported.exit_code == 0
     a = list(csv.DictReader(io.StringIO(first.stdout)))
     b = list(csv.DictReader(io.StringIO(exported.stdout)))
-    assert list(a[0]) == ["path", "label", "confidence", "error", "model_version"]
+    assert list(a[0]) == ["path", "label", "confidence", "error", "model_version", "source"]
     assert sorted(map(str, a)) == sorted(map(str, b))
 
 

@@ -214,21 +214,13 @@ def production_classes(session: Any) -> list[str] | None:
         return None
 
 
-def _current_version(session: Any) -> str | None:
-    """The version whose labels the audit estimate describes: production, else none."""
-    from catdog.db.registry import production
-
-    prod = production(session)
-    return prod.version if prod is not None else None
-
-
 @review.command("status")
 def review_status() -> None:
     """What is under review, what came back, and the estimated accuracy of the rest."""
     from catdog.cli.pipeline import read_only_sessions
-    from catdog.db.reviews import summary
+    from catdog.db.reviews import labels_in_use, summary
     from catdog.ops.status import review_lines
 
     with read_only_sessions(get_settings())() as session:
-        for line in review_lines(summary(session, _current_version(session))):
+        for line in review_lines(summary(session, labels_in_use(session))):
             click.echo(line)

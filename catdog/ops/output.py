@@ -34,8 +34,11 @@ if TYPE_CHECKING:
 #: under ``columns`` to ``out`` and returns how many it wrote.
 Writer = Callable[[Iterable[Mapping[str, object]], Sequence[str], IO[str]], int]
 
-#: Column order of every table, CSV and JSONL output of results.
-COLUMNS = ("path", "label", "confidence", "error", "model_version")
+#: Column order of every table, CSV and JSONL output of results. ``source`` says who gave
+#: the label: ``human`` (a reviewer's label, which wins over the model's) or the model version.
+COLUMNS = ("path", "label", "confidence", "error", "model_version", "source")
+#: ``source`` of a reviewer's label.
+HUMAN = "human"
 #: Further columns of ``export --details``: what the worker read, and when.
 DETAIL_COLUMNS = ("probabilities", "width", "height", "sha256", "labeled_at")
 #: First characters that make a spreadsheet (Excel, LibreOffice, Sheets) read a CSV cell as a
@@ -66,6 +69,8 @@ class Row:
     height: int | None = None
     sha256: str | None = None
     labeled_at: str | None = None
+    #: ``human`` when a reviewer's label replaced the model's, else the model version.
+    source: str | None = None
 
 
 def shown_label(label: str | None, confidence: float | None, threshold: float | None) -> str | None:
@@ -79,19 +84,26 @@ def _location(store: str, path: str) -> str:
     return f"{store.rstrip('/')}/{path}"
 
 
-def _row(image: Image, pred: Prediction, version: str, threshold: float | None = None) -> Row:
-    conf = None if pred.confidence is None else round(pred.confidence, 4)
+def _row(
+    image: Image,
+    pred: Prediction,
+    version: str,
+    human: str | None = None,
+    threshold: float | None = None,
+) -> Row:
+    conf = None if pred.confidence is None or human is not None else round(pred.confidence, 4)
     return Row(
         _location(image.store, image.path),
-        shown_label(pred.label, pred.confidence, threshold),
+        human if human is not None else shown_label(pred.label, pred.confidence, threshold),
         conf,
-        pred.error,
+        None if human is not None else pred.error,
         version,
         pred.probabilities,
         pred.width,
         pred.height,
         pred.sha256,
         pred.created.isoformat() if pred.created else None,
+        HUMAN if human is not None else version,
     )
 
 
@@ -206,15 +218,19 @@ def write_records(
 
 
 def all_rows(session: Session, threshold: float | None = None) -> Iterator[Row]:
-    """Latest result of every image in the database, streamed ``STREAM_CHUNK`` rows at a time."""
+    """Latest result of every image in the database, streamed ``STREAM_CHUNK`` rows at a time.
+
+    A reviewer's label wins over the model's: such a row has the human label, no confidence
+    (the model's was for its own label), no error, and ``source`` ``human``.
+    """
     from catdog.db.models import Image, ModelVersion, Prediction
     from catdog.db.queries import latest_predictions
+    from catdog.db.reviews import join_human_labels
 
     # Plain columns rather than ORM objects (several times faster per row), fetched in
     # chunks: yield_per streams, with a server-side cursor on PostgreSQL.
-    stmt = (
-        latest_predictions(session)
-        .with_only_columns(
+    stmt = join_human_labels(
+        latest_predictions(session).with_only_columns(
             Image.store,
             Image.path,
             Prediction.label,
@@ -227,14 +243,14 @@ def all_rows(session: Session, threshold: float | None = None) -> Iterator[Row]:
             Prediction.sha256,
             Prediction.created,
         )
-        .execution_options(yield_per=STREAM_CHUNK)
-    )
-    for store, path, label, conf, error, version, probs, w, h, sha, created in session.execute(
-        stmt
-    ):
+    ).execution_options(yield_per=STREAM_CHUNK)
+    for row in session.execute(stmt):
+        store, path, label, conf, error, version, probs, w, h, sha, created, human = row
+        if human is not None:
+            label, conf, error = human, None, None
         yield Row(
             _location(store, path),
-            shown_label(label, conf, threshold),
+            label if human is not None else shown_label(label, conf, threshold),
             None if conf is None else round(conf, 4),
             error,
             version,
@@ -243,6 +259,7 @@ def all_rows(session: Session, threshold: float | None = None) -> Iterator[Row]:
             h,
             sha,
             created.isoformat() if created else None,
+            HUMAN if human is not None else version,
         )
 
 
@@ -254,17 +271,19 @@ def rows_for(
 
     from catdog.db.models import Image, ModelVersion, Prediction
     from catdog.db.queries import IN_CHUNK
+    from catdog.db.reviews import join_human_labels
 
     rows: list[Row] = []
     for start in range(0, len(image_ids), IN_CHUNK):
         chunk = image_ids[start : start + IN_CHUNK]
-        stmt = (
+        stmt = join_human_labels(
             select(Image, Prediction, ModelVersion.version)
             .join(Prediction, Prediction.image_id == Image.id)
             .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
             .where(Image.id.in_(chunk), Prediction.model_version_id == model_version_id)
         )
-        rows.extend(_row(*r, threshold) for r in session.execute(stmt))
+        for image, pred, version, human in session.execute(stmt):
+            rows.append(_row(image, pred, version, human, threshold))
     return sorted(rows, key=lambda r: r.path)
 
 

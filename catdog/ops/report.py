@@ -21,8 +21,10 @@ import jinja2
 from sqlalchemy.orm import Session
 
 from catdog.db.queries import latest_predictions
+from catdog.db.reviews import join_human_labels
 from catdog.images import ImageError, thumbnail_jpeg
 from catdog.ops.output import shown_label
+from catdog.ops.status import review_status
 from catdog.settings import Settings
 from catdog.stores import open_store
 
@@ -84,6 +86,10 @@ class Summary:
     failures: list[Failure] = field(default_factory=list)
     #: Failure counts by kind (see ``failure_kind``).
     failure_kinds: Counter[str] = field(default_factory=Counter)
+    #: Images whose label is a reviewer's (counted under that label, never as doubtful).
+    human: int = 0
+    #: Human review in a few lines (``catdog.ops.status.review_lines``); empty when unused.
+    review: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -101,10 +107,16 @@ def summarize(
     # Max-heap (by negated confidence) of the gallery_size least confident images; the image
     # id breaks ties so Paths are never compared.
     heap: list[tuple[float, int, Doubtful]] = []
-    rows = session.execute(latest_predictions(session).execution_options(yield_per=STREAM_CHUNK))
-    for image, prediction, version in rows:
+    stmt = join_human_labels(latest_predictions(session))
+    rows = session.execute(stmt.execution_options(yield_per=STREAM_CHUNK))
+    for image, prediction, version, human in rows:
         location = f"{image.store}/{image.path}"
         summary.per_version[version] += 1
+        if human is not None:  # a reviewer's label wins, whatever the model said
+            summary.labeled += 1
+            summary.human += 1
+            summary.per_label[human] += 1
+            continue
         if prediction.error is not None:
             summary.failed += 1
             summary.failure_kinds[failure_kind(prediction.error)] += 1
@@ -127,6 +139,7 @@ def summarize(
             heapq.heapreplace(heap, item)
     summary.histogram = dict(bins)
     summary.doubtful = [d for _, _, d in sorted(heap, reverse=True)]
+    summary.review = review_status(session)
     return summary
 
 

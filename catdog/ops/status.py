@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from catdog.db.models import ScanRun
 from catdog.db.retry import retrying
-from catdog.db.reviews import MIN_AUDIT
+from catdog.db.reviews import MIN_AUDIT, labels_in_use, summary
 from catdog.db.reviews import Summary as ReviewSummary
 from catdog.db.runs import is_live, pending, run_state
 
@@ -112,12 +112,27 @@ def show_status(
         return
     if not watch:
         console.print(status_table(runs))
+        for line in _review(sessions):
+            console.print(Text(line))
         return
     with Live(status_table(runs), console=console, refresh_per_second=2) as live:
         while any(is_live(r) for r in runs):
             time.sleep(POLL_S)
             runs = read_runs(sessions, run_id, limit)
             live.update(status_table(runs))
+
+
+def _review(sessions: sessionmaker[Session]) -> list[str]:
+    with sessions() as session:
+        return review_status(session)
+
+
+def review_status(session: Session) -> list[str]:
+    """Human review's lines for the production model's labels; none when nobody reviews."""
+    review = summary(session, labels_in_use(session))
+    if not review.pending and not sum(review.outcomes.values()):
+        return []
+    return review_lines(review)
 
 
 def _read_run(sessions: sessionmaker[Session], run_id: int) -> ScanRun | None:
