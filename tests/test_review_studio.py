@@ -160,6 +160,29 @@ def test_push_sends_tasks_with_pre_annotations_and_never_the_same_image_twice(lo
     assert len(ids) == 7 and len(set(ids)) == 7
 
 
+def test_tasks_label_studio_took_before_catdog_recorded_them_are_not_sent_again(loop: Loop):
+    """A push cut short between Label Studio's answer and catdog's commit: the next push
+    finds those images' tasks in the project and records them instead of sending them again."""
+    from catdog.review.select import choose
+    from catdog.review.tasks import task_for
+    from catdog.settings import get_settings
+
+    first = loop.catdog("review", "push", "--limit", "2", "--no-audit", "--project", loop.project)
+    assert first.exit_code == 0, first.output
+    engine = make_engine(loop.database)
+    with session_factory(engine)() as session:
+        unrecorded = [task_for(c, get_settings()) for c in choose(session, limit=3, audit=0)]
+    engine.dispose()
+    loop.api("POST", f"/api/projects/{loop.project_id()}/import", json=unrecorded)
+
+    again = loop.catdog("review", "push", "--limit", "3", "--no-audit", "--project", loop.project)
+    assert again.exit_code == 0, again.output
+    assert "pushed 0 tasks" in again.output and "3 were there already" in again.output
+    tasks = {t["data"]["catdog_image_id"]: t["id"] for t in loop.tasks()}
+    assert len(tasks) == 5
+    assert {i.image_id: i.task_id for i in loop.rows(ReviewItem)} == tasks
+
+
 def test_pull_stores_answers_once_and_a_changed_answer_updates(loop: Loop):
     """A reviewer flips one label, confirms one and skips one: pull stores two human labels
     and one skip, with who and when; pulling again changes nothing; an edited annotation

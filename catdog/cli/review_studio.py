@@ -114,6 +114,7 @@ def push(limit: int, audit: int | None, no_audit: bool, seed: int | None, projec
         except TaskError as exc:
             raise click.ClickException(str(exc)) from exc
         pushed = 0
+        fresh: list[int] = []
         try:
             studio.whoami()
             target = studio.ensure_project(
@@ -122,24 +123,41 @@ def push(limit: int, audit: int | None, no_audit: bool, seed: int | None, projec
             for root in _local_roots(chosen):
                 studio.connect_local_files(target.id, root)
             where = f"{studio.where}/projects/{target.id}"
+            # Images whose task is in the project already (a push cut short between Label
+            # Studio's answer and catdog's commit) are recorded with that task, not sent again.
+            present = studio.image_tasks(target.id)
+            again = [i for i, c in enumerate(chosen) if c.image_id in present]
+            if again:
+                mark_pushed(
+                    session,
+                    [chosen[i] for i in again],
+                    "label-studio",
+                    [present[chosen[i].image_id] for i in again],
+                    project=where,
+                )
+                session.commit()
+            fresh = [i for i, c in enumerate(chosen) if c.image_id not in present]
             with labeling_progress(console) as progress:
-                bar = progress.add_task("importing tasks", total=len(tasks))
-                for start in range(0, len(tasks), IMPORT_BATCH):
-                    batch = slice(start, start + IMPORT_BATCH)
-                    ids = studio.import_tasks(target.id, tasks[batch])
+                bar = progress.add_task("importing tasks", total=len(fresh))
+                for start in range(0, len(fresh), IMPORT_BATCH):
+                    batch = fresh[start : start + IMPORT_BATCH]
+                    ids = studio.import_tasks(target.id, [tasks[i] for i in batch])
                     # Recorded batch by batch: a failure later leaves what was sent recorded.
-                    mark_pushed(session, chosen[batch], "label-studio", ids, project=where)
+                    mark_pushed(
+                        session, [chosen[i] for i in batch], "label-studio", ids, project=where
+                    )
                     session.commit()
                     pushed += len(ids)
                     progress.update(bar, advance=len(ids))
         except StudioError as exc:
-            done = f" ({pushed} of {len(tasks)} tasks were sent and recorded)" if pushed else ""
+            done = f" ({pushed} of {len(fresh)} tasks were sent and recorded)" if pushed else ""
             raise click.ClickException(f"{exc}{done}") from None
-    reasons = by_reason(chosen)
+    reasons = by_reason([chosen[i] for i in fresh])
+    found = f"; {len(again)} were there already and are recorded" if again else ""
     click.echo(
         f"pushed {pushed} tasks ({reasons.get('doubtful', 0)} doubtful, "
         f"{reasons.get('audit', 0)} audit) to {'new ' if target.created else ''}project "
-        f"{project!r}: {where}"
+        f"{project!r}: {where}{found}"
     )
 
 

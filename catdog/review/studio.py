@@ -29,6 +29,8 @@ TIMEOUT_S = 60.0
 IMPORT_BATCH = 100
 #: Tasks per page when reading answers back.
 PAGE_SIZE = 100
+#: Tasks per page when only their ids and data are read (a few hundred bytes each).
+ID_PAGE_SIZE = 1000
 #: A JWT: three base64url parts, the header starting ``{"`` (``eyJ``).
 JWT = re.compile(r"^eyJ[\w-]*\.[\w-]+\.[\w-]+$")
 
@@ -261,20 +263,30 @@ class LabelStudio:
             return [int(i) for i in ids]
         return [None] * len(tasks)
 
-    def task_pages(self, project_id: int) -> Iterator[tuple[list[dict[str, Any]], int]]:
-        """The project's tasks with their annotations (skipped ones included), a page at a
-        time, each with the project's task count; annotators are named by email."""
-        emails: dict[int, str] | None = None
+    def _pages(
+        self, project_id: int, page_size: int, **params: str
+    ) -> Iterator[tuple[list[dict[str, Any]], int]]:
+        """The project's tasks a page at a time, each with the project's task count."""
         page = 1
         while True:
-            params = {"project": project_id, "fields": "all", "page": page, "page_size": PAGE_SIZE}
-            response = self._call("GET", "/api/tasks/", params=params)
+            query = {"project": project_id, "page": page, "page_size": page_size, **params}
+            response = self._call("GET", "/api/tasks/", params=query)
             if response.status_code == 404 and page > 1:
                 return  # tasks deleted meanwhile: past the last page
             self._check(response, "GET", "/api/tasks/")
             answer = _json(response, self.where, "/api/tasks/")
             tasks = answer.get("tasks", []) if isinstance(answer, dict) else answer
             total = int(answer.get("total", 0)) if isinstance(answer, dict) else len(tasks)
+            yield tasks, total
+            if len(tasks) < page_size or page * page_size >= total:
+                return
+            page += 1
+
+    def task_pages(self, project_id: int) -> Iterator[tuple[list[dict[str, Any]], int]]:
+        """The project's tasks with their annotations (skipped ones included), a page at a
+        time, each with the project's task count; annotators are named by email."""
+        emails: dict[int, str] | None = None
+        for tasks, total in self._pages(project_id, PAGE_SIZE, fields="all"):
             answered = [t for t in tasks if t.get("annotations")]
             if answered and emails is None:
                 emails = self.emails()
@@ -284,9 +296,17 @@ class LabelStudio:
                     if isinstance(who, int) and emails is not None and who in emails:
                         annotation["completed_by"] = {"id": who, "email": emails[who]}
             yield tasks, total
-            if len(tasks) < PAGE_SIZE or page * PAGE_SIZE >= total:
-                return
-            page += 1
+
+    def image_tasks(self, project_id: int) -> dict[int, int]:
+        """catdog image id to task id, for every task of the project that has one."""
+        found: dict[int, int] = {}
+        pages = self._pages(project_id, ID_PAGE_SIZE, fields="task_only", include="id,data")
+        for tasks, _ in pages:
+            for task in tasks:
+                image_id = (task.get("data") or {}).get("catdog_image_id")
+                if isinstance(image_id, int) and not isinstance(image_id, bool):
+                    found.setdefault(image_id, int(task["id"]))
+        return found
 
 
 def _json(response: requests.Response, where: str, path: str) -> Any:
