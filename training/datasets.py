@@ -309,3 +309,138 @@ def make_pipeline(
         return (image, label, index) if with_index else (image, label)
 
     return ds.map(to_float, num_parallel_calls=autotune).prefetch(autotune)
+
+
+#: Share of the human labels held out from training (``retrain --from-reviews``): the gate
+#: scores the new and the production model on them.
+HOLDOUT_FRACTION = 0.2
+#: Folder names inside a class folder built from reviews: human labels, and ``--data``.
+REVIEWED, GIVEN = "reviewed", "data"
+
+
+@dataclass(frozen=True)
+class ReviewData:
+    """A training folder built from human labels (and a data folder), plus a held-out part."""
+
+    #: Class folders of links (local stores) or fetched copies (object stores).
+    train_dir: Path
+    #: Held-out human labels, in their own class folders (None when too few to hold out).
+    holdout: LabeledImages | None
+    #: Human labels linked into ``train_dir`` / into the held-out folder.
+    trained: int
+    held_out: int
+    #: Human labels whose image could not be read (gone or refused), left out.
+    unreadable: int
+    #: Images the data folder contributed.
+    given: int
+
+
+def _place(rows: Sequence[Any], out: Path, max_bytes: int, roots: Sequence[str]) -> int:
+    """Put each human-labeled image under ``out/<label>/<image id><ext>``; return how many
+    could not be read. Local files are linked (read later by the one decoder); objects are
+    fetched through their store and written."""
+    from catdog.stores import LocalStore, open_store
+
+    unreadable = 0
+    by_store: dict[str, list[Any]] = defaultdict(list)
+    for row in rows:
+        by_store[row.store].append(row)
+    for store_root, group in by_store.items():
+        store = open_store(store_root, list(roots))
+        targets = []
+        for row in group:
+            suffix = Path(row.path).suffix.lower()
+            target = out / row.label / REVIEWED / f"{row.image_id}{suffix}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            targets.append(target)
+        if isinstance(store, LocalStore):
+            for row, target in zip(group, targets, strict=True):
+                try:
+                    source = store.path_of(row.path)
+                except ImageError:
+                    source = None
+                if source is None or not source.is_file():
+                    unreadable += 1
+                    continue
+                target.unlink(missing_ok=True)
+                target.symlink_to(source)
+            continue
+        for row, target, data in zip(
+            group, targets, store.read_many([r.path for r in group], max_bytes), strict=True
+        ):
+            if isinstance(data, ImageError):
+                log.warning("left out %s/%s: %s", store_root, row.path, data)
+                unreadable += 1
+                continue
+            target.write_bytes(data)
+    return unreadable
+
+
+def _link_data(data_dir: Path, out: Path, classes: Sequence[str]) -> int:
+    """Link the labeled images of ``data_dir`` (of ``classes``) under ``out/<label>/data``."""
+    given = discover(data_dir, classes)
+    for rel, label in zip(given.paths, given.labels, strict=True):
+        target = out / given.classes[label] / GIVEN / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)
+        target.symlink_to((given.root / rel).resolve())
+    return len(given)
+
+
+def review_data(
+    rows: Sequence[Any],
+    out: Path,
+    classes: Sequence[str],
+    *,
+    data_dir: Path | None = None,
+    holdout_fraction: float = HOLDOUT_FRACTION,
+    seed: int = 0,
+    max_bytes: int | None = None,
+    store_roots: Sequence[str] = (),
+) -> ReviewData:
+    """Build ``out/train`` from human labels (``catdog.db.reviews.HumanRow``) and the images
+    of ``data_dir``, and ``out/holdout`` from a stratified, seeded share of the human labels.
+
+    Only labels among ``classes`` are used. Raises ``DatasetError`` when there is nothing to
+    train on.
+    """
+    rows = [r for r in rows if r.label in classes]
+    if not rows and data_dir is None:
+        raise DatasetError(
+            "no human labels of the classes "
+            f"{list(classes)} yet: review some (`catdog review`) or pass --data"
+        )
+    names = sorted({r.label for r in rows})
+    held: list[int] = []
+    if len(rows) >= 2:
+        # split() on the labels alone (no files yet, no near-duplicate pairs).
+        index = {name: i for i, name in enumerate(names)}
+        by_label = LabeledImages(
+            root=out,
+            paths=tuple(str(r.image_id) for r in rows),
+            labels=tuple(index[r.label] for r in rows),
+            classes=tuple(names),
+        )
+        try:
+            _, held = split(by_label, holdout_fraction, seed, pairs=[])
+        except DatasetError:
+            held = []
+    held_set = set(held)
+    train_rows = [r for i, r in enumerate(rows) if i not in held_set]
+    holdout_rows = [r for i, r in enumerate(rows) if i in held_set]
+    limit = max_bytes if max_bytes is not None else get_settings().max_file_bytes
+    train_dir, holdout_dir = out / "train", out / "holdout"
+    lost_train = _place(train_rows, train_dir, limit, store_roots)
+    lost_holdout = _place(holdout_rows, holdout_dir, limit, store_roots)
+    given = _link_data(data_dir, train_dir, classes) if data_dir is not None else 0
+    holdout = None
+    if len(holdout_rows) > lost_holdout:
+        holdout = discover(holdout_dir, classes)
+    return ReviewData(
+        train_dir=train_dir,
+        holdout=holdout,
+        trained=len(train_rows) - lost_train,
+        held_out=len(holdout) if holdout is not None else 0,
+        unreadable=lost_train + lost_holdout,
+        given=given,
+    )

@@ -19,6 +19,14 @@ from catdog.db.engine import engine_for, session_factory
 from catdog.db.migrate import upgrade
 from catdog.db.models import TrainingRun
 from catdog.settings import Settings, get_settings
+from catdog.training.datasets import HOLDOUT_FRACTION, ReviewData, discover, review_data
+
+#: ``retrain --from-reviews``: the new model may lose at most this much accuracy on the
+#: validation split (the data beyond the reviewed images) and still be promoted for being
+#: better on the held-out human labels.
+VALIDATION_SLACK = 0.01
+#: Key of the held-out human labels' metrics inside a training run's metrics.
+HOLDOUT_KEY = "human_holdout"
 
 #: Metrics copied into the task result and the ``--wait`` summary.
 SUMMARY_KEYS = ("accuracy", "roc_auc", "log_loss", "f1", "ece", "n")
@@ -84,14 +92,21 @@ def run_training(
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
     settings: Settings | None = None,
     batch_size: int | None = None,
+    from_reviews: bool = False,
+    holdout_fraction: float | None = None,
 ) -> dict[str, Any]:
     """Train a model, evaluate it and the current model on the same validation split,
     register it and promote it if it is better (or ``force``); record a ``training_runs`` row.
 
     Without ``arch`` the new model continues from the production model's weights (same
     architecture, input size and classes); with one, a new model of that architecture.
+
+    ``from_reviews`` trains on the human labels (plus ``data_dir`` when given) and holds a
+    stratified share of them out: both models are also scored there, and the new one is
+    promoted only if it is better on those held-out human labels and not worse than
+    ``VALIDATION_SLACK`` in accuracy on the validation split (see :func:`review_verdict`).
     """
-    from catdog.training.datasets import discover, split
+    from catdog.training.datasets import split
     from catdog.training.evaluate import evaluate_on
     from catdog.training.tflite import ensure_tflite
     from catdog.training.train import train
@@ -101,14 +116,36 @@ def run_training(
     upgrade(engine)
     sessions = session_factory(engine)
     with sessions() as session:
-        data = Path(data_dir) if data_dir else default_data_dir(session, settings)
+        if from_reviews:
+            data = Path(data_dir) if data_dir else None
+        else:
+            data = Path(data_dir) if data_dir else default_data_dir(session, settings)
         arch, initial_model = starting_point(session, settings, arch)
-        run = TrainingRun(task_id=task_id, data=str(data), arch=arch, status="running")
+        described = f"human labels + {data}" if from_reviews and data else "human labels"
+        run = TrainingRun(
+            task_id=task_id,
+            data=described if from_reviews else str(data),
+            arch=arch,
+            status="running",
+        )
         session.add(run)
         session.commit()
         run_id = run.id
     try:
         out_dir = Path(settings.models_dir) / "runs" / f"run-{run_id}"
+        reviews = None
+        if from_reviews:
+            reviews = _review_data(
+                sessions,
+                settings,
+                out_dir / "reviews",
+                data,
+                initial_model,
+                seed,
+                HOLDOUT_FRACTION if holdout_fraction is None else holdout_fraction,
+            )
+            data = reviews.train_dir
+        assert data is not None
         result = train(
             data,
             out_dir,
@@ -127,9 +164,11 @@ def run_training(
         _, val_idx = split(images, result.validation_fraction, seed)
         with sessions() as session:
             baseline_version, baseline_metrics, note = None, None, ""
+            current_file: Path | None = None
             try:
                 current = registry.current_version(session, settings)
                 baseline_version = current.version
+                current_file = Path(current.file)
                 baseline_metrics = evaluate_on(Path(current.file), images, val_idx)
             except registry.ModelNotFound:
                 note = "no current model to compare with"
@@ -139,7 +178,13 @@ def run_training(
             # never registered (a conversion that disagrees with Keras fails the run here).
             ensure_tflite(result.model_file)
             version = registry.register(session, result.model_file, Path(settings.models_dir))
-            better = is_better(new_metrics, baseline_metrics)
+            if reviews is not None:
+                new_metrics, baseline_metrics, better, gate = _review_gate(
+                    reviews, result.model_file, current_file, new_metrics, baseline_metrics
+                )
+                note = "; ".join(m for m in (note, gate) if m)
+            else:
+                better = is_better(new_metrics, baseline_metrics)
             promoted = better or force
             if promoted:
                 registry.promote(session, version.version)
@@ -161,7 +206,7 @@ def run_training(
             done.promoted = promoted
             done.message = message
             session.commit()
-            return {
+            outcome = {
                 "run_id": run_id,
                 "version": version.version,
                 "promoted": promoted,
@@ -171,6 +216,12 @@ def run_training(
                 "message": message,
                 "training_seconds": result.training_seconds,
             }
+            if reviews is not None:
+                outcome[HOLDOUT_KEY] = {
+                    "new": summary(new_metrics.get(HOLDOUT_KEY)),
+                    "baseline": summary((baseline_metrics or {}).get(HOLDOUT_KEY)),
+                }
+            return outcome
     except BaseException as exc:
         with sessions() as session:
             failed = session.get(TrainingRun, run_id)
@@ -180,6 +231,95 @@ def run_training(
                 failed.message = f"{type(exc).__name__}: {exc}"
                 session.commit()
         raise
+
+
+def _review_data(
+    sessions: Any,
+    settings: Settings,
+    out: Path,
+    data: Path | None,
+    initial_model: Path | None,
+    seed: int,
+    holdout_fraction: float,
+) -> ReviewData:
+    """The folder of human labels (+ ``data``) to train on, and the held-out human labels."""
+    from catdog.db.reviews import training_labels
+
+    with sessions() as session:
+        rows = training_labels(session)
+    if initial_model is not None:
+        classes = [str(c) for c in registry.read_metadata(initial_model)["classes"]]
+    else:
+        found = {r.label for r in rows}
+        if data is not None:
+            found |= set(discover(data).classes)
+        classes = sorted(found)
+    return review_data(
+        rows,
+        out,
+        classes,
+        data_dir=data,
+        holdout_fraction=holdout_fraction,
+        seed=seed,
+        max_bytes=settings.max_file_bytes,
+        store_roots=settings.store_roots,
+    )
+
+
+def review_verdict(
+    new_holdout: dict[str, Any],
+    old_holdout: dict[str, Any] | None,
+    new_val: dict[str, Any],
+    old_val: dict[str, Any] | None,
+) -> tuple[bool, str]:
+    """(better, why): better on the held-out human labels (accuracy, then log loss), and
+    at most ``VALIDATION_SLACK`` less accurate on the validation split."""
+    if old_holdout is None or old_val is None:
+        return True, "no current model scored on the held-out human labels"
+    on_humans = is_better(new_holdout, old_holdout)
+    kept_up = new_val["accuracy"] >= old_val["accuracy"] - VALIDATION_SLACK
+    why = (
+        f"held-out human labels: accuracy {new_holdout['accuracy']:.3f} vs "
+        f"{old_holdout['accuracy']:.3f} (n={new_holdout.get('n')}); validation: "
+        f"{new_val['accuracy']:.3f} vs {old_val['accuracy']:.3f}"
+    )
+    if on_humans and not kept_up:
+        why += f" (more than {VALIDATION_SLACK:.0%} worse)"
+    return on_humans and kept_up, why
+
+
+def _review_gate(
+    reviews: ReviewData,
+    new_file: Path,
+    current_file: Path | None,
+    new_metrics: dict[str, Any],
+    baseline_metrics: dict[str, Any] | None,
+) -> tuple[dict[str, Any], dict[str, Any] | None, bool, str]:
+    """Score both models on the held-out human labels; (new metrics, baseline metrics,
+    better, why), each metrics dict with the held-out scores under ``HOLDOUT_KEY``."""
+    from catdog.training.evaluate import evaluate_on
+
+    counts = {
+        "trained_human_labels": reviews.trained,
+        "data_images": reviews.given,
+        "unreadable_human_labels": reviews.unreadable,
+    }
+    if reviews.holdout is None:
+        better = is_better(new_metrics, baseline_metrics)
+        return (
+            {**new_metrics, **counts},
+            baseline_metrics,
+            better,
+            ("too few human labels to hold any out: judged on the validation split only"),
+        )
+    new_holdout = evaluate_on(new_file, reviews.holdout)
+    old_holdout = None
+    if current_file is not None and baseline_metrics is not None:
+        old_holdout = evaluate_on(current_file, reviews.holdout)
+    better, why = review_verdict(new_holdout, old_holdout, new_metrics, baseline_metrics)
+    new = {**new_metrics, **counts, HOLDOUT_KEY: new_holdout}
+    old = {**baseline_metrics, HOLDOUT_KEY: old_holdout} if baseline_metrics else None
+    return new, old, better, why
 
 
 # A training job runs far longer than the broker's visibility timeout: acknowledged on
@@ -193,6 +333,7 @@ def train_task(
     input_size: int | None = None,
     seed: int = 0,
     force: bool = False,
+    from_reviews: bool = False,
 ) -> dict[str, Any]:
     """Celery shell of :func:`run_training`, reporting epochs as ``PROGRESS`` state."""
 
@@ -202,5 +343,13 @@ def train_task(
         )
 
     return run_training(
-        data_dir, arch, epochs, input_size, seed, force, task_id=self.request.id, progress=progress
+        data_dir,
+        arch,
+        epochs,
+        input_size,
+        seed,
+        force,
+        task_id=self.request.id,
+        progress=progress,
+        from_reviews=from_reviews,
     )

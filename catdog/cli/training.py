@@ -282,6 +282,13 @@ def evaluate(data: Path, model_file: Path | None, fmt: str, threshold: float | N
     "--seed", type=int, default=0, show_default=True, help="Seeds the split and the weights."
 )
 @click.option("--force", is_flag=True, help="Promote the new model even if it is not better.")
+@click.option(
+    "--from-reviews",
+    is_flag=True,
+    help="Train on the human labels (`catdog review`), plus --data if given; a stratified "
+    "fifth of them is held out, and the new model is promoted only if it beats production "
+    "there and is at most 1 point less accurate on the validation split.",
+)
 @click.option("--wait", is_flag=True, help="Show the job's progress and wait for its result.")
 def retrain(
     data: Path | None,
@@ -290,6 +297,7 @@ def retrain(
     input_size: int | None,
     seed: int,
     force: bool,
+    from_reviews: bool,
     wait: bool,
 ) -> None:
     """Queue a training job on the training worker (queue "training")."""
@@ -308,6 +316,7 @@ def retrain(
         "input_size": input_size,
         "seed": seed,
         "force": force,
+        "from_reviews": from_reviews,
     }
     from catdog.cli.waits import ConsumerWatch, wait_for_broker
 
