@@ -56,6 +56,13 @@ class Loop:
         finally:
             engine.dispose()
 
+    def export(self) -> dict[str, dict[str, Any]]:
+        """``catdog export`` rows by path relative to the photos folder."""
+        result = self.catdog("export", "--format", "jsonl")
+        assert result.exit_code == 0, result.output
+        rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+        return {str(Path(r["path"]).relative_to(self.photos)): r for r in rows}
+
     def project_id(self) -> int:
         """The Label Studio id of this loop's project."""
         answer = self.api("GET", "/api/projects/", params={"title": self.project})
@@ -207,6 +214,18 @@ def test_pull_stores_answers_once_and_a_changed_answer_updates(loop: Loop):
     assert humans[tasks[1]["id"]].label == predicted[tasks[1]["id"]]
     assert humans[tasks[2]["id"]].label is None and humans[tasks[2]["id"]].outcome == "skipped"
 
+    (version,) = loop.rows(ModelVersion)
+    exported = loop.export()
+    flipped_row = exported[tasks[0]["data"]["catdog_path"]]
+    assert (flipped_row["label"], flipped_row["source"]) == (first.label, "human")
+    assert exported[tasks[1]["data"]["catdog_path"]]["source"] == "human"
+    skipped_row = exported[tasks[2]["data"]["catdog_path"]]
+    assert (skipped_row["label"], skipped_row["source"]) == (
+        predicted[tasks[2]["id"]],
+        version.version,
+    )
+    assert sum(r["source"] == "human" for r in exported.values()) == 2
+
     again = loop.catdog("review", "pull", "--project", loop.project)
     assert "stored 0 new, 0 changed, 3 unchanged" in again.output
     assert len(loop.rows(HumanLabel)) == 3
@@ -222,6 +241,7 @@ def test_pull_stores_answers_once_and_a_changed_answer_updates(loop: Loop):
     humans = {h.task_id: h for h in loop.rows(HumanLabel)}
     assert humans[tasks[0]["id"]].label == predicted[tasks[0]["id"]]
     assert len(humans) == 3
+    assert loop.export()[tasks[0]["data"]["catdog_path"]]["label"] == predicted[tasks[0]["id"]]
 
 
 def test_a_personal_access_token_works_as_well_as_a_legacy_one(loop: Loop):
