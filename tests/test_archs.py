@@ -47,3 +47,25 @@ def test_a_new_table_entry_is_built_by_make_model(monkeypatch: pytest.MonkeyPatc
     assert model.name == "catdog_mini" and model.output_shape == (None, 3)
     assert model.get_layer("dropout").rate == 0.25
     assert "augmentation" not in [layer.name for layer in model.layers]
+
+
+def test_every_transfer_arch_is_an_efficientnet_lite_variant_at_its_imagenet_size() -> None:
+    """lite0/1/2 train at the input size their ImageNet weights were trained at."""
+    from catdog.training.efficientnet_lite import VARIANTS
+
+    transfer = {name: a for name, a in ARCHS.items() if a.trainer == "transfer"}
+    assert set(transfer) == {"lite0", "lite1", "lite2"}
+    for name, arch in transfer.items():
+        assert arch.input_size == VARIANTS[name].input_size
+
+
+def test_catdog_train_offers_the_larger_lite_models() -> None:
+    """``catdog train --arch lite2`` is accepted and --help lists every architecture."""
+    from click.testing import CliRunner
+
+    from catdog.cli import main
+
+    result = CliRunner().invoke(main, ["train", "--help"])
+    assert result.exit_code == 0, result.output
+    for name in ARCHS:
+        assert name in result.output

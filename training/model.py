@@ -1,7 +1,7 @@
 """``make_model(...)``: the classifiers catdog trains, and ``save_model`` with its sidecar.
 
 The architectures are listed in ``catdog.training.archs.ARCHS``; each names one of the
-builder functions below (``tiny``, ``scratch``, ``lite0``).
+builder functions below (``tiny``, ``scratch``, ``lite0``, ``lite1``, ``lite2``).
 
 Every model maps float RGB images (0..255, shape ``(H, W, 3)``) to softmax probabilities
 over the classes. Rescaling and augmentation are layers inside the model, so inference
@@ -93,44 +93,58 @@ def tiny(inputs: Any, num_classes: int) -> Any:
     return layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
 
 
-def _lite0_backbone(input_shape: tuple[int, int, int], weights: str | None) -> keras.Model:
-    try:
-        from catdog.training import lite0
-    except ImportError as exc:  # pragma: no cover - the module ships with catdog
-        raise RuntimeError("arch 'lite0' needs training/lite0.py") from exc
+def _lite_backbone(
+    variant: str, input_shape: tuple[int, int, int], weights: str | None
+) -> keras.Model:
+    from catdog.training import efficientnet_lite
+
     if weights is None:
-        return lite0.build_lite0(input_shape, include_top=False, pooling="avg")
-    try:
-        from catdog.training.convert import imagenet_backbone
-    except ImportError as exc:
-        raise RuntimeError(
-            "arch 'lite0' with ImageNet weights needs training.convert.imagenet_backbone "
-            "(training/convert.py), which is not available in this install"
-        ) from exc
-    return imagenet_backbone(input_shape)
+        return efficientnet_lite.build(variant, input_shape, include_top=False, pooling="avg")
+    from catdog.training.convert import imagenet_backbone
+
+    return imagenet_backbone(input_shape, variant=variant)
 
 
-def lite0(
+def efficientnet_lite(
     inputs: Any,
     num_classes: int,
     *,
+    variant: str,
     input_shape: tuple[int, int, int],
     weights: str | None = "imagenet",
     dropout: float = 0.3,
 ) -> Any:
-    """EfficientNet-Lite0 (a layer named ``backbone``, so trainers can freeze it), dropout
-    and a softmax head."""
-    backbone = _lite0_backbone(input_shape, weights)
+    """An EfficientNet-Lite variant (a layer named ``backbone``, so trainers can freeze it),
+    dropout and a softmax head."""
+    backbone = _lite_backbone(variant, input_shape, weights)
     backbone.name = "backbone"
     x = backbone(inputs)
     x = layers.Dropout(dropout, name="dropout")(x)
     return layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
 
 
+def lite0(inputs: Any, num_classes: int, **options: Any) -> Any:
+    """EfficientNet-Lite0 (``efficientnet_lite`` with ``variant="lite0"``)."""
+    return efficientnet_lite(inputs, num_classes, variant="lite0", **options)
+
+
+def lite1(inputs: Any, num_classes: int, **options: Any) -> Any:
+    """EfficientNet-Lite1: Lite0 1.1x deeper, ImageNet-trained at 240 px."""
+    return efficientnet_lite(inputs, num_classes, variant="lite1", **options)
+
+
+def lite2(inputs: Any, num_classes: int, **options: Any) -> Any:
+    """EfficientNet-Lite2: 1.1x wider and 1.2x deeper, ImageNet-trained at 260 px."""
+    return efficientnet_lite(inputs, num_classes, variant="lite2", **options)
+
+
 def _options(builder: Any, options: dict[str, Any]) -> dict[str, Any]:
-    # Each builder takes the options it uses; make_model offers them all.
+    # Each builder takes the options it uses; make_model offers them all. The Lite
+    # builders pass theirs on to efficientnet_lite, whose signature names them.
     accepted = inspect.signature(builder).parameters
-    return {k: v for k, v in options.items() if k in accepted}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        accepted = inspect.signature(efficientnet_lite).parameters
+    return {k: v for k, v in options.items() if k in accepted and k != "variant"}
 
 
 def make_model(
@@ -147,7 +161,7 @@ def make_model(
     """Build an uncompiled classifier of architecture ``arch`` (a name in ``ARCHS``).
 
     ``augment`` defaults to the architecture's own setting (off for ``tiny``). ``widths``
-    sizes the ``scratch`` CNN; ``weights`` is ``"imagenet"`` or None for ``lite0``.
+    sizes the ``scratch`` CNN; ``weights`` is ``"imagenet"`` or None for the Lite models.
     """
     spec = get_arch(arch)
     builder = spec.build_fn()

@@ -1,4 +1,5 @@
-"""The training report: learning curves, confusion matrix, ROC curve, confident mistakes.
+"""The training report: learning curves, confusion matrix, ROC curve, reliability diagram,
+confident mistakes.
 
 Also renders the exploration report's page: both are jinja2 templates in
 ``training/templates`` with autoescape on. Plots are PNG files next to the HTML page, so the
@@ -20,7 +21,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw, ImageOps  # noqa: E402
 
-from catdog.training.evaluate import HEADLINE_METRICS, roc_curve  # noqa: E402
+from catdog.training.evaluate import (  # noqa: E402
+    ECE_BINS,
+    HEADLINE_METRICS,
+    expected_calibration_error,
+    roc_curve,
+)
 
 #: Wrong validation images shown in the report, most confident first.
 MISTAKES_SHOWN = 16
@@ -114,6 +120,59 @@ def plot_roc(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], path
     return _save(fig, path)
 
 
+def reliability_bins(
+    correct: np.ndarray, confidence: np.ndarray, bins: int = ECE_BINS
+) -> list[tuple[float, float, int]]:
+    """(mean confidence, accuracy, count) of each non-empty equal-width confidence bin, the
+    bins of :func:`~catdog.training.evaluate.expected_calibration_error`."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    return [
+        (float(confidence[which == b].mean()), float(correct[which == b].mean()), int(n))
+        for b in range(bins)
+        if (n := int((which == b).sum()))
+    ]
+
+
+def plot_reliability(
+    y_true: np.ndarray,
+    series: dict[str, np.ndarray],
+    path: Path,
+) -> str:
+    """Reliability diagram: accuracy against confidence per bin, for each set of ``series``
+    probabilities (e.g. before and after calibration), with each one's ECE in the legend.
+
+    Points on the diagonal are calibrated: of the photos given 0.9, nine in ten are right.
+    Marker areas grow with the photos in the bin; the lower panel counts them (log scale).
+    """
+    fig, (ax, counts) = plt.subplots(
+        2, 1, figsize=(5, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True
+    )
+    low = 1.0
+    for name, probs in series.items():
+        confidence = probs.max(axis=1)
+        correct = probs.argmax(axis=1) == y_true
+        low = min(low, float(confidence.min()))
+        rows = reliability_bins(correct, confidence)
+        x, acc, n = (np.array(v) for v in zip(*rows, strict=True))
+        ece = expected_calibration_error(correct, confidence)
+        ax.plot(x, acc, "o-", label=f"{name} (ECE {ece:.4f})", markersize=3)
+        ax.scatter(x, acc, s=4 + 60 * n / n.max(), alpha=0.4)
+        counts.step(x, n, where="mid", label=name)
+    start = min(0.5, np.floor(low * 10) / 10)
+    ax.plot([start, 1], [start, 1], ":", color="grey", label="calibrated")
+    ax.set_ylabel("accuracy in bin")
+    ax.set_ylim(start, 1.005)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    counts.set_yscale("log")
+    counts.set_xlabel("confidence (top probability)")
+    counts.set_ylabel("photos")
+    counts.set_xlim(start, 1.005)
+    counts.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def confident_mistakes(
     y_true: np.ndarray, probs: np.ndarray, limit: int = MISTAKES_SHOWN
 ) -> list[int]:
@@ -182,8 +241,15 @@ def write_training_report(
     files: Sequence[str],
     metrics: dict[str, Any],
     title: str = "catdog training report",
+    uncalibrated: np.ndarray | None = None,
+    shifts: Sequence[Sequence[Any]] = (),
 ) -> Path:
-    """Write ``report.html`` and its PNG plots into ``out_dir``; return the HTML path."""
+    """Write ``report.html`` and its PNG plots into ``out_dir``; return the HTML path.
+
+    ``uncalibrated`` (the probabilities before temperature scaling) adds a second series to
+    the reliability diagram; ``shifts`` rows (shift, accuracy, errors, confident errors,
+    ECE) add a table of shifted views of the validation photos.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     y_true = np.asarray(y_true, int)
     headline = [(k, metrics[k]) for k in HEADLINE_METRICS if metrics.get(k) is not None]
@@ -209,6 +275,13 @@ def write_training_report(
             if metrics.get("roc_auc") is not None
             else None
         ),
+        "reliability": plot_reliability(
+            y_true,
+            {"model": probs}
+            if uncalibrated is None
+            else {"before calibration": uncalibrated, "model (calibrated)": probs},
+            out_dir / "reliability.png",
+        ),
         "mistakes": (
             plot_mistakes(
                 mistakes, files, y_true, probs, classes, out_dir / "confident_mistakes.png"
@@ -217,7 +290,14 @@ def write_training_report(
             else None
         ),
     }
-    page = render_page("training.html", title, headline=headline, per_class=per_class, plots=plots)
+    page = render_page(
+        "training.html",
+        title,
+        headline=headline,
+        per_class=per_class,
+        plots=plots,
+        shifts=[list(row) for row in shifts],
+    )
     path = out_dir / "report.html"
     path.write_text(page, encoding="utf-8")
     return path

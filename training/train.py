@@ -198,7 +198,9 @@ def train(
     elif ARCHS[arch].trainer == "transfer":
         from catdog.training.train_lite0 import train_cached_lite0
 
-        cached = train_cached_lite0(data_dir, out_dir, epochs, input_size, seed, progress, report)
+        cached = train_cached_lite0(
+            data_dir, out_dir, epochs, input_size, seed, progress, report, arch=arch
+        )
         if cached is not None:
             return cached
     out = Path(out_dir)

@@ -1,6 +1,7 @@
-"""``train(arch="lite0")`` through the cached-feature trainer of ``training.transfer``.
+"""``train(arch="lite0"|"lite1"|"lite2")`` through the cached-feature trainer of
+``training.transfer``.
 
-Fine-tuning Lite0 end to end on a CPU costs a full backbone pass per image and epoch;
+Fine-tuning an EfficientNet-Lite end to end on a CPU costs a full backbone pass per image and epoch;
 ``training.transfer`` runs the frozen backbone once and trains the top blocks on its cache.
 This module adapts it to :func:`training.train.train`'s outputs (history, validation
 metrics, report, :class:`~catdog.training.artifacts.TrainResult`). Where
@@ -34,8 +35,9 @@ def train_cached_lite0(
     seed: int,
     progress: ProgressFn | None,
     report: bool,
+    arch: str = "lite0",
 ) -> Any:
-    """Train lite0 with ``training.transfer.train``; None when that trainer is unavailable.
+    """Train ``arch`` with ``training.transfer.train``; None when that trainer is unavailable.
 
     ``epochs`` sets the fine-tuning epochs (the head's epochs on pooled features are cheap
     and fixed by ``training.transfer``). Progress is reported once, when training ends.
@@ -49,7 +51,7 @@ def train_cached_lite0(
         return None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    kwargs: dict[str, Any] = {"seed": seed}
+    kwargs: dict[str, Any] = {"seed": seed, "arch": arch}
     if input_size:
         kwargs["size"] = input_size
     if epochs:
@@ -80,6 +82,6 @@ def train_cached_lite0(
         metrics,
         training_seconds,
         fraction,
-        "catdog lite0 model",
+        f"catdog {arch} model",
         report,
     )
