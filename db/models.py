@@ -43,6 +43,9 @@ class Image(Base):
     path: Mapped[str] = mapped_column(String(4096))
     size: Mapped[int] = mapped_column(BigInteger)
     mtime: Mapped[float] = mapped_column(Float)
+    #: The store's tag for this content (S3 ETag, GCS generation); NULL for local files,
+    #: which are compared by size and mtime (migration 0006).
+    version: Mapped[str | None] = mapped_column(String(255))
     registered: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -76,25 +76,28 @@ def register_images(
 
     An image is skipped when it is unchanged since registration and already has a result: by
     any model, or with ``relabel`` by ``model_version_id`` itself. A recorded failure counts as
-    a result (a broken file stays broken) unless ``retry_failed``. A changed file (size or
-    mtime) loses its old predictions, which described other pixels.
+    a result (a broken file stays broken) unless ``retry_failed``. A changed file (see
+    :func:`_changed`) loses its old predictions, which described other pixels.
     """
     by_path = {e.path: e for e in entries}
-    known: dict[str, tuple[int, int, float]] = {}
+    known: dict[str, tuple[int, int, float, str | None]] = {}
     for chunk in _chunks(list(by_path)):
         rows = session.execute(
-            select(Image.path, Image.id, Image.size, Image.mtime).where(
+            select(Image.path, Image.id, Image.size, Image.mtime, Image.version).where(
                 Image.store == store, _one_of(session, Image.path, chunk)
             )
         )
-        known.update({path: (id_, size, mtime) for path, id_, size, mtime in rows})
+        known.update({path: (id_, size, mtime, tag) for path, id_, size, mtime, tag in rows})
 
     new = [e for p, e in by_path.items() if p not in known]
-    changed = [
-        (known[e.path][0], e)
-        for e in entries
-        if e.path in known and (known[e.path][1], known[e.path][2]) != (e.size, e.mtime)
-    ]
+    changed: list[tuple[int, FileEntry]] = []
+    tagged: list[tuple[int, FileEntry]] = []  # unchanged, registered before it had a tag
+    for path, (id_, size, mtime, tag) in known.items():
+        e = by_path[path]
+        if _changed(size, mtime, tag, e):
+            changed.append((id_, e))
+        elif tag is None and e.version is not None:
+            tagged.append((id_, e))
     ids: list[int] = []
     if new:
         ids.extend(_insert_images(session, store, new))
@@ -102,11 +105,16 @@ def register_images(
         changed_ids = [id_ for id_, _ in changed]
         session.execute(
             update(Image),
-            [{"id": id_, "size": e.size, "mtime": e.mtime} for id_, e in changed],
+            [
+                {"id": id_, "size": e.size, "mtime": e.mtime, "version": e.version}
+                for id_, e in changed
+            ],
         )
         for chunk in _chunks(changed_ids):
             session.execute(delete(Prediction).where(_one_of(session, Prediction.image_id, chunk)))
         ids.extend(changed_ids)
+    if tagged:
+        session.execute(update(Image), [{"id": id_, "version": e.version} for id_, e in tagged])
 
     changed_paths = {e.path for _, e in changed}
     unchanged = [known[p][0] for p in known if p not in changed_paths]
@@ -122,14 +130,30 @@ def register_images(
     return ids, [i for i in unchanged if i in labeled]
 
 
-# PostgreSQL: new files as three arrays, one parameter each. A multi-row VALUES list of 5,000
+def _changed(size: int, mtime: float, version: str | None, entry: FileEntry) -> bool:
+    """Whether a registered file's content changed, going by what the listing gives.
+
+    A store's version tag (S3 ETag, GCS generation) decides where both sides have one: a
+    rewritten object is changed even with the same size and time, one copied unchanged is not.
+    Otherwise (local files, rows registered before tags were kept) size and mtime decide.
+    """
+    if size != entry.size:
+        return True
+    if version is not None and entry.version is not None:
+        return version != entry.version
+    return mtime != entry.mtime
+
+
+# PostgreSQL: new files as four arrays, one parameter each. A multi-row VALUES list of 5,000
 # files (20,000 parameters) took longer for SQLAlchemy to compile than for the server to run.
 _PG_REGISTER = text(
     """
-    INSERT INTO images (store, path, size, mtime, registered)
-    SELECT CAST(:store AS varchar), r.path, r.size, r.mtime, CAST(:now AS timestamptz)
+    INSERT INTO images (store, path, size, mtime, version, registered)
+    SELECT CAST(:store AS varchar), r.path, r.size, r.mtime, r.version,
+           CAST(:now AS timestamptz)
     FROM unnest(CAST(:paths AS varchar[]), CAST(:sizes AS bigint[]),
-                CAST(:mtimes AS double precision[])) AS r(path, size, mtime)
+                CAST(:mtimes AS double precision[]), CAST(:versions AS varchar[]))
+         AS r(path, size, mtime, version)
     ON CONFLICT (store, path) DO NOTHING
     RETURNING id
     """
@@ -156,12 +180,20 @@ def _insert_images(session: Session, store: str, new: Sequence[FileEntry]) -> li
             "paths": [e.path for e in new],
             "sizes": [e.size for e in new],
             "mtimes": [e.mtime for e in new],
+            "versions": [e.version for e in new],
         }
         return list(session.scalars(_PG_REGISTER, params))
     # One statement, built and compiled once, sent as executemany.
     now = utcnow()
     rows = [
-        {"store": store, "path": e.path, "size": e.size, "mtime": e.mtime, "registered": now}
+        {
+            "store": store,
+            "path": e.path,
+            "size": e.size,
+            "mtime": e.mtime,
+            "version": e.version,
+            "registered": now,
+        }
         for e in new
     ]
     return list(session.scalars(_register_statement(name), rows))

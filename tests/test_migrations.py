@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import Connection, inspect, text
 
 from catdog.db.engine import make_engine
 from catdog.db.migrate import downgrade, upgrade
+
+
+def _model_version(c: Connection) -> None:
+    """Model version 1, which the rows of these tests point at."""
+    c.execute(
+        text(
+            "INSERT INTO model_versions (id, version, file, sha256, arch, classes, input_size,"
+            " metrics, created, is_production) VALUES (1, 'v1', 'm', 'x', 'tiny', '[]', '[]',"
+            " '{}', CURRENT_TIMESTAMP, false)"
+        )
+    )
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
@@ -18,13 +29,7 @@ def test_0003_moves_what_was_read_from_images_to_predictions_and_back(
     engine = make_engine(url)
     upgrade(engine, "0002")
     with engine.begin() as c:
-        c.execute(
-            text(
-                "INSERT INTO model_versions (id, version, file, sha256, arch, classes, input_size,"
-                " metrics, created, is_production) VALUES (1, 'v1', 'm', 'x', 'tiny', '[]', '[]',"
-                " '{}', CURRENT_TIMESTAMP, false)"
-            )
-        )
+        _model_version(c)
         c.execute(
             text(
                 "INSERT INTO images (id, store, path, size, mtime, sha256, width, height,"
@@ -67,13 +72,7 @@ def test_0004_counts_results_of_runs_in_flight_once_and_goes_back(
     engine = make_engine(url)
     upgrade(engine, "0003")
     with engine.begin() as c:
-        c.execute(
-            text(
-                "INSERT INTO model_versions (id, version, file, sha256, arch, classes, input_size,"
-                " metrics, created, is_production) VALUES (1, 'v1', 'm', 'x', 'tiny', '[]', '[]',"
-                " '{}', CURRENT_TIMESTAMP, false)"
-            )
-        )
+        _model_version(c)
         c.execute(
             text(
                 "INSERT INTO images (id, store, path, size, mtime, registered) VALUES"
@@ -106,4 +105,37 @@ def test_0004_counts_results_of_runs_in_flight_once_and_goes_back(
         assert "producer" not in columns
         tables = inspect(c).get_table_names()
     assert "run_results" not in tables
+    engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_0006_gives_images_a_version_tag_and_goes_back(request: pytest.FixtureRequest, kind: str):
+    """Images registered before 0006 keep their rows with no tag; downgrade drops the column
+    and keeps the rows and their predictions."""
+    url = request.getfixturevalue("sqlite_url" if kind == "sqlite" else "postgres_url")
+    engine = make_engine(url)
+    upgrade(engine, "0005")
+    with engine.begin() as c:
+        _model_version(c)
+        c.execute(
+            text(
+                "INSERT INTO images (id, store, path, size, mtime, registered)"
+                " VALUES (1, 's3://b/p', 'a.jpg', 1, 0, CURRENT_TIMESTAMP)"
+            )
+        )
+        c.execute(
+            text(
+                "INSERT INTO predictions (image_id, model_version_id, label, created)"
+                " VALUES (1, 1, 'cat', CURRENT_TIMESTAMP)"
+            )
+        )
+    upgrade(engine)
+    with engine.begin() as c:
+        assert c.execute(text("SELECT path, version FROM images")).all() == [("a.jpg", None)]
+        c.execute(text("UPDATE images SET version = 'abc' WHERE id = 1"))
+    downgrade(engine, "0005")
+    with engine.connect() as c:
+        columns = set(c.execute(text("SELECT * FROM images")).keys())
+        labels = c.execute(text("SELECT label FROM predictions")).scalars().all()
+    assert "version" not in columns and labels == ["cat"]
     engine.dispose()

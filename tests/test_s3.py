@@ -8,13 +8,24 @@ import logging
 import os
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
+from catdog import stores
+from catdog.db.models import Image
 from catdog.images import ImageError
-from catdog.stores import NOT_AN_IMAGE, FsspecStore, forget_remote_stores, open_store, scan_store
+from catdog.stores import (
+    NOT_AN_IMAGE,
+    FileEntry,
+    FsspecStore,
+    forget_remote_stores,
+    open_store,
+    scan_store,
+)
 
 moto_server = pytest.importorskip("moto.server")
 boto3 = pytest.importorskip("boto3")
@@ -341,3 +352,135 @@ def test_a_store_that_goes_away_mid_run_fails_rows_and_a_retry_labels_them(
         ).all()
     assert sorted(labels) == ["cat", "cat", "dog"]
     ctx.close()
+
+
+def _listed(url: str) -> dict[str, FileEntry]:
+    return {e.path: e for e in scan_store(url).walk()}
+
+
+def test_the_listing_gives_each_object_its_etag_and_pages_through_a_large_prefix(
+    s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several pages, odd key names and folder markers: every object once, with its ETag."""
+    import hashlib
+
+    monkeypatch.setattr(stores, "LIST_PAGE", 3)
+    names = ["a b.jpg", "c+d.jpg", "e%20f.jpg", "ü/ß.jpg", "x/y/z.jpg", "zz.jpg", "zzz.jpg"]
+    for i, name in enumerate(names):
+        put(f"photos/{name}", _jpeg(i))
+    put("photos/x/", b"")  # a folder marker, as consoles create them
+    listed = _listed(f"s3://{BUCKET}/photos")
+    assert sorted(listed) == sorted(names)
+    for i, name in enumerate(names):
+        assert listed[name].version == hashlib.md5(_jpeg(i)).hexdigest()
+        assert listed[name].size == len(_jpeg(i))
+    pages = [r for r in s3.requests if "list-type=2" in r]
+    assert len(pages) == 3  # 8 keys, 3 a page: the plain listing, not s3fs's 1,000-key pages
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def tagged(request: pytest.FixtureRequest) -> Iterator[tuple[sessionmaker[Session], int]]:
+    """A migrated database of each kind with a model version: (sessions, version id)."""
+    from catdog.db.engine import make_engine, session_factory
+    from catdog.db.migrate import upgrade
+    from catdog.db.models import ModelVersion
+
+    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
+    engine = make_engine(url)
+    upgrade(engine)
+    sessions = session_factory(engine)
+    with sessions.begin() as s:
+        version = ModelVersion(version="v1", file="m", sha256="x", classes=["cat", "dog"])
+        s.add(version)
+        s.flush()
+        version_id = version.id
+    yield sessions, version_id
+    engine.dispose()
+
+
+def _register(
+    sessions: sessionmaker[Session], version_id: int, entries: list[FileEntry], label: bool = True
+) -> list[int]:
+    """Register entries of the test store, give what needs labeling a result; the ids queued."""
+    from catdog.db.queries import Outcome, register_images, save_outcomes
+
+    with sessions.begin() as s:
+        todo, _ = register_images(s, f"s3://{BUCKET}/photos", entries, version_id)
+        if label:
+            save_outcomes(s, None, version_id, [Outcome(image_id=i, label="cat") for i in todo])
+    return todo
+
+
+def test_a_rewritten_object_is_labeled_again_by_its_etag_when_size_and_time_look_the_same(
+    s3: S3Server, tagged: tuple[sessionmaker[Session], int]
+) -> None:
+    """Content rewritten within the listing's one-second time resolution, same length: only
+    the ETag tells, and it is what registration compares."""
+    sessions, version_id = tagged
+    before = _jpeg(1)
+    put("photos/a.jpg", before)
+    put("photos/b.jpg", _jpeg(2))
+    first = _listed(f"s3://{BUCKET}/photos")
+    assert len(_register(sessions, version_id, list(first.values()))) == 2
+    after = bytes([before[0] ^ 1]) + before[1:]  # same size, other bytes
+    put("photos/a.jpg", after)
+    again = _listed(f"s3://{BUCKET}/photos")
+    assert again["a.jpg"].version != first["a.jpg"].version
+    # The time may have ticked over a second since: pin it, so nothing but the tag differs.
+    same_time = [replace(e, mtime=first[e.path].mtime) for e in again.values()]
+    assert same_time[0].size == first["a.jpg"].size
+    requeued = _register(sessions, version_id, same_time)
+    with sessions() as s:
+        paths = s.scalars(select(Image.path).where(Image.id.in_(requeued))).all()
+        stored = s.scalar(select(Image.version).where(Image.path == "a.jpg"))
+    assert paths == ["a.jpg"] and stored == again["a.jpg"].version
+
+
+def test_an_object_copied_onto_itself_keeps_its_etag_and_is_not_read_again(
+    s3: S3Server, tagged: tuple[sessionmaker[Session], int]
+) -> None:
+    """A new modification time with the same ETag (a copy, a metadata change) is no change."""
+    sessions, version_id = tagged
+    put("photos/a.jpg", _jpeg(1))
+    first = _listed(f"s3://{BUCKET}/photos")
+    _register(sessions, version_id, list(first.values()))
+    boto3.client("s3").copy_object(
+        Bucket=BUCKET,
+        Key="photos/a.jpg",
+        CopySource={"Bucket": BUCKET, "Key": "photos/a.jpg"},
+        MetadataDirective="REPLACE",
+        Metadata={"k": "v"},
+    )
+    again = _listed(f"s3://{BUCKET}/photos")
+    newer = replace(again["a.jpg"], mtime=first["a.jpg"].mtime + 60)  # however late the copy
+    assert newer.version == first["a.jpg"].version
+    assert _register(sessions, version_id, [newer]) == []
+
+
+def test_rows_registered_before_tags_get_theirs_without_being_labeled_again(
+    tagged: tuple[sessionmaker[Session], int],
+) -> None:
+    """Images registered without a tag (before migration 0006) are compared by size and time
+    once more, and keep the tag from then on; local files never have one."""
+    sessions, version_id = tagged
+    old = FileEntry("a.jpg", 10, 5.0)
+    _register(sessions, version_id, [old])
+    assert _register(sessions, version_id, [replace(old, version="e1")]) == []
+    with sessions() as s:
+        assert s.scalar(select(Image.version)) == "e1"
+    assert len(_register(sessions, version_id, [replace(old, version="e2")])) == 1
+    assert _register(sessions, version_id, [replace(old, version=None, mtime=5.0)]) == []
+    assert len(_register(sessions, version_id, [replace(old, version=None, mtime=6.0)])) == 1
+
+
+def test_signed_reads_never_log_their_signature(
+    s3: S3Server, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """urllib3 logs each GET (and retries) with its URL: the query string is cut off."""
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "session-token-never-logged")
+    put("photos/x.jpg", _jpeg(1))
+    caplog.set_level(logging.DEBUG)
+    assert open_store(f"s3://{BUCKET}/photos").read("x.jpg", 10**6) == _jpeg(1)
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("urllib3")]
+    assert any("/photos/x.jpg" in line for line in lines)
+    assert not [line for line in lines if "Signature" in line or "session-token" in line]
