@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from click.testing import CliRunner, Result
 from labelstudio import CHROMIUM, LabelStudioServer, label_studio, missing
 from sqlalchemy import select
+from test_s3 import BUCKET, SECRET, S3Server, put, s3
 
 from catdog.cli import main
 from catdog.db.engine import make_engine, session_factory
@@ -27,7 +29,7 @@ from catdog.db.models import HumanLabel, ModelVersion, Prediction, ReviewItem
 from helpers import make_image
 from services import free_port
 
-__all__ = ["label_studio"]  # the session fixture, used by name
+__all__ = ["label_studio", "s3"]  # fixtures, used by name
 
 #: Synthetic photos per class (red blobs are cats, blue blobs dogs for the tiny model).
 PER_CLASS = 4
@@ -83,6 +85,28 @@ class Loop:
         response = self.server.api().request(method, self.server.url + path, timeout=60, **kwargs)
         response.raise_for_status()
         return response.json() if response.content else None
+
+    def browse(self, task: dict[str, Any], screenshot: Path) -> tuple[int, dict[str, Any]]:
+        """Open the task in headless Chromium as the reviewer (tests/browser_check.py, run by
+        Label Studio's Python, where Playwright is); its exit status and what it saw."""
+        run = subprocess.run(
+            [
+                str(self.server.python),
+                str(Path(__file__).with_name("browser_check.py")),
+                self.server.url,
+                self.server.email,
+                self.server.password,
+                str(task["project"]),
+                str(task["id"]),
+                str(screenshot),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert run.stdout.strip(), run.stderr[-3000:]
+        assert screenshot.stat().st_size > 10_000  # the picture was taken
+        return run.returncode, dict(json.loads(run.stdout.splitlines()[-1]))
 
     def annotate(self, task: dict[str, Any], label: str | None) -> dict[str, Any]:
         """Answer a task as a reviewer would: pick ``label``, or skip it (None)."""
@@ -321,30 +345,53 @@ def test_a_pushed_image_loads_in_headless_chromium(loop: Loop, tmp_path: Path):
     assert pushed.exit_code == 0, pushed.output
     shown, gone = sorted(loop.tasks(), key=lambda t: t["id"])
     (loop.server.document_root / gone["data"]["image"].split("?d=", 1)[1]).unlink()
-    runs = {}
-    for name, task in (("shown", shown), ("gone", gone)):
-        screenshot = tmp_path / f"task-{name}.png"
-        runs[name] = subprocess.run(
-            [
-                str(loop.server.python),
-                str(Path(__file__).with_name("browser_check.py")),
-                loop.server.url,
-                loop.server.email,
-                loop.server.password,
-                str(loop.project_id()),
-                str(task["id"]),
-                str(screenshot),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
-        assert screenshot.stat().st_size > 10_000, runs[name].stderr[-2000:]
-    assert runs["shown"].returncode == 0, runs["shown"].stderr[-2000:]
-    seen = json.loads(runs["shown"].stdout.splitlines()[-1])
+    shown_rc, seen = loop.browse(shown, tmp_path / "task-shown.png")
+    assert shown_rc == 0, seen
     assert (seen["naturalWidth"], seen["naturalHeight"]) == (64, 48)
-    assert runs["gone"].returncode == 1
-    assert json.loads(runs["gone"].stdout.splitlines()[-1])["naturalWidth"] == 0
+    gone_rc, missed = loop.browse(gone, tmp_path / "task-gone.png")
+    assert gone_rc == 1 and missed["naturalWidth"] == 0
+
+
+def test_an_object_store_image_is_shown_by_a_presigned_url(
+    label_studio: LabelStudioServer,
+    s3: S3Server,
+    tiny_model: Path,
+    sqlite_url: str,
+    env: Callable[..., None],
+    tmp_path: Path,
+):
+    """Images in a bucket: the task carries a presigned URL (no credentials, no storage
+    connected in Label Studio) that anyone can fetch, and the reviewer's browser shows it."""
+    for kind, i in (("cat", 0), ("dog", 1)):
+        image = make_image(tmp_path / f"{kind}{i}.jpg", kind, size=(64, 48), seed=i)
+        put(f"photos/{kind}s/{image.name}", image.read_bytes())
+    env(
+        database_url=sqlite_url,
+        model=str(tiny_model),
+        label_studio_url=label_studio.url,
+        label_studio_token=label_studio.token,
+    )
+    loop = Loop(label_studio, tmp_path, sqlite_url, f"catdog s3 {uuid.uuid4().hex[:8]}", env)
+    labeled = loop.catdog("classify", f"s3://{BUCKET}/photos", "--format", "jsonl")
+    assert labeled.exit_code == 0, labeled.output
+    pushed = loop.catdog("review", "push", "--limit", "2", "--no-audit", "--project", loop.project)
+    assert pushed.exit_code == 0, pushed.output
+
+    storages = loop.api("GET", "/api/storages/localfiles/", params={"project": loop.project_id()})
+    assert storages == []
+    tasks = loop.tasks()
+    assert len(tasks) == 2
+    for task in tasks:
+        url = task["data"]["image"]
+        assert url.startswith(f"{s3.url}/{BUCKET}/photos/") and "Signature=" in url
+        assert SECRET not in url
+        fetched = requests.get(url, timeout=30)  # no credentials: the signature is the key
+        assert fetched.status_code == 200 and fetched.content[:2] == b"\xff\xd8"
+    if not CHROMIUM.exists():
+        missing(f"chromium ({CHROMIUM}; apt-get install chromium)")
+    rc, seen = loop.browse(tasks[0], tmp_path / "task-s3.png")
+    assert rc == 0, seen
+    assert (seen["naturalWidth"], seen["naturalHeight"]) == (64, 48)
 
 
 def test_push_without_a_server_configured_says_what_to_set(
