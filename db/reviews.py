@@ -11,13 +11,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from statistics import NormalDist
-from typing import Any, Unpack
+from typing import Any, TypeVar
 
 from sqlalchemy import Select, and_, case, func, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from catdog.db.models import HumanLabel, Image, ModelVersion, Prediction, ReviewItem, utcnow
+from catdog.db.queries import IN_CHUNK
+
+_T = TypeVar("_T", ReviewItem, HumanLabel)
 
 #: Why an image was chosen: the model was unsure, or a random confident label to audit.
 REASONS = ("doubtful", "audit")
@@ -69,6 +72,15 @@ class HumanRow:
     label: str
 
 
+def _rows(session: Session, table: type[_T], image_ids: Sequence[int]) -> list[_T]:
+    """Rows of a review table for ``image_ids``, asked in chunks (SQLite's variable limit)."""
+    out: list[_T] = []
+    for start in range(0, len(image_ids), IN_CHUNK):
+        chunk = image_ids[start : start + IN_CHUNK]
+        out.extend(session.scalars(select(table).where(table.image_id.in_(chunk))))
+    return out
+
+
 def reviewed_or_pending(session: Session) -> set[int]:
     """Image ids never to send again: under review, or with a human label."""
     pending = set(session.scalars(select(ReviewItem.image_id)))
@@ -93,10 +105,7 @@ def mark_pushed(
     if len(ids) != len(candidates):
         raise ValueError(f"{len(candidates)} candidates but {len(ids)} task ids")
     known = {
-        item.image_id: item
-        for item in session.scalars(
-            select(ReviewItem).where(ReviewItem.image_id.in_([c.image_id for c in candidates]))
-        )
+        item.image_id: item for item in _rows(session, ReviewItem, [c.image_id for c in candidates])
     }
     now = utcnow()
     new = 0
@@ -151,15 +160,12 @@ def save_answers(session: Session, answers: Sequence[Answer], source: str) -> Sa
         if (a.label is None) != (a.outcome != "labeled"):
             raise ValueError(f"image {a.image_id}: outcome {a.outcome!r} with label {a.label!r}")
     wanted = [a.image_id for a in answers]
-    images = set(session.scalars(select(Image.id).where(Image.id.in_(wanted))))
-    stored = {
-        h.image_id: h
-        for h in session.scalars(select(HumanLabel).where(HumanLabel.image_id.in_(wanted)))
-    }
-    items = {
-        r.image_id: r
-        for r in session.scalars(select(ReviewItem).where(ReviewItem.image_id.in_(wanted)))
-    }
+    images: set[int] = set()
+    for start in range(0, len(wanted), IN_CHUNK):
+        chunk = wanted[start : start + IN_CHUNK]
+        images.update(session.scalars(select(Image.id).where(Image.id.in_(chunk))))
+    stored = {h.image_id: h for h in _rows(session, HumanLabel, wanted)}
+    items = {r.image_id: r for r in _rows(session, ReviewItem, wanted)}
     created = updated = unchanged = unknown = 0
     now = utcnow()
     for a in answers:
@@ -356,7 +362,7 @@ def human_label_column() -> ColumnElement[str | None]:
     return case((still_same, HumanLabel.label), else_=None).label("human_label")
 
 
-def join_human_labels(stmt: Select[Unpack[tuple[Any, ...]]]) -> Select[Unpack[tuple[Any, ...]]]:
+def join_human_labels(stmt: Select[*tuple[Any, ...]]) -> Select[*tuple[Any, ...]]:
     """``stmt`` (rows of ``Image`` with their ``Prediction``) with ``human_label`` added."""
     return (
         stmt.outerjoin(
