@@ -341,3 +341,42 @@ def test_export_then_import_round_trip_through_files(
     r5 = runner.invoke(main, ["review", "import", str(broken)])
     assert r5.exit_code == 1 and "not JSON" in r5.output
     engine.dispose()
+
+
+def test_status_lines_give_the_interval_and_say_when_the_sample_is_too_small():
+    from catdog.db.reviews import MIN_AUDIT, Summary
+    from catdog.ops.status import review_lines
+
+    def lines(n: int, correct: int) -> list[str]:
+        return review_lines(
+            Summary(
+                pending=3,
+                outcomes={"labeled": 40, "skipped": 1, "ambiguous": 2},
+                changed=5,
+                confirmed=35,
+                version="v1",
+                audit_n=n,
+                audit_correct=correct,
+            )
+        )
+
+    small = lines(10, 9)
+    assert small[0].startswith("human labels: 40 (1 skipped, 2 ambiguous")
+    assert small[1] == "model labels changed by reviewers: 5 of 40 reviewed"
+    low, high = wilson(9, 10)
+    assert f"90.0% (95% Wilson interval {low:.1%}-{high:.1%}, 9/10" in small[2]
+    assert "too small" in small[2]
+    assert "too small" not in lines(MIN_AUDIT, MIN_AUDIT - 1)[2]
+    assert "no audit answers yet" in lines(0, 0)[2]
+
+
+def test_answers_across_lookup_chunks_are_all_stored_once(db: Session):
+    from catdog.db.queries import IN_CHUNK
+
+    ids = list(seed(db, {"cat": [0.9] * (IN_CHUNK + 10)}))
+    saved = save_answers(db, [Answer(i, "cat", "labeled") for i in ids], "file")
+    db.commit()
+    assert saved.created == len(ids)
+    assert save_answers(db, [Answer(i, "cat", "labeled") for i in ids], "file").unchanged == len(
+        ids
+    )
