@@ -7,8 +7,10 @@ real photos from ../shared/data/catsdogs-train in a bucket and in a local folder
 `catdog classify` (embedded) on both, alternating, twice each; with ``--cluster`` also
 `catdog scan --wait` with one worker (Redis on 127.0.0.1:6379, PostgreSQL on 127.0.0.1:5432).
 Then puts ``--objects`` small objects under another prefix and times a first and a second
-registration of it (the second lists and registers only: nothing changed). Writes
-bench/results/stores.json.
+registration of it (the second lists and registers only: nothing changed). Each run also
+records the CPU seconds spent by catdog's processes (client) and by the S3 server, per
+image or object, and the load average: moto is Python on the same cores, so its share says
+how much of a gap the server alone explains. Writes bench/results/stores.json.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -58,6 +61,31 @@ def start_s3(log: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError(f"moto_server did not start: {log.read_text()[-1000:]}")
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a running process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    """CPU seconds used by this process's finished children (catdog commands, workers)."""
+    t = os.times()
+    return t.children_user + t.children_system
+
+
+def with_cpu(server: int, images: int, run: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """``run``'s figures plus client and server CPU milliseconds per image, and the load."""
+    load = os.getloadavg()[0]
+    client0, server0 = children_cpu(), process_cpu(server)
+    out = run()
+    return {
+        **out,
+        "client_cpu_ms_per_image": round(1000 * (children_cpu() - client0) / images, 2),
+        "server_cpu_ms_per_image": round(1000 * (process_cpu(server) - server0) / images, 2),
+        "load_average_1m": round(load, 1),
+    }
+
+
 def photos(n: int) -> list[Path]:
     """``n`` real photos, half cats and half dogs."""
     cats = sorted((SHARED / "cat").glob("*.jpg"))[: n // 2]
@@ -72,11 +100,13 @@ def upload(client: object, items: list[tuple[str, bytes]]) -> None:
         list(pool.map(lambda kv: client.put_object(Bucket=BUCKET, Key=kv[0], Body=kv[1]), items))  # type: ignore[attr-defined]
 
 
-def listing(prefix_url: str, tmp: Path) -> dict[str, float]:
+def listing(prefix_url: str, tmp: Path, server: int) -> dict[str, float]:
     """First and second registration of a prefix (the producer's walk + register, SQLite).
 
     The first scan's batches get a stored result at once (a failure row, no model): the
     second scan then sees an unchanged, fully labeled bucket, as a real second scan would.
+    The second scan's listing alone (its walk) is timed too, with this process's and the
+    server's CPU seconds.
     """
     from catdog.db.engine import make_engine, session_factory
     from catdog.db.migrate import upgrade
@@ -100,12 +130,26 @@ def listing(prefix_url: str, tmp: Path) -> dict[str, float]:
 
     out: dict[str, float] = {}
     for name in ("first", "second"):
+        out["load_average_1m"] = round(os.getloadavg()[0], 1)
+        client0, server0 = time.process_time(), process_cpu(server)
         t0 = time.perf_counter()
         summary = scan(sessions, settings, [scan_store(prefix_url)], result_at_once)
         secs = time.perf_counter() - t0
         out[f"{name}_seconds"] = round(secs, 2)
         out[f"{name}_objects_per_s"] = round(summary.files_seen / secs)
         out[f"{name}_queued"] = summary.queued
+        out[f"{name}_client_cpu_s"] = round(time.process_time() - client0, 2)
+        out[f"{name}_server_cpu_s"] = round(process_cpu(server) - server0, 2)
+    client0, server0 = time.process_time(), process_cpu(server)
+    t0 = time.perf_counter()
+    listed = sum(1 for _ in scan_store(prefix_url).walk())
+    out["listing_only_seconds"] = round(time.perf_counter() - t0, 2)
+    out["listing_only_client_cpu_us_per_object"] = round(
+        1e6 * (time.process_time() - client0) / listed, 1
+    )
+    out["listing_only_server_cpu_us_per_object"] = round(
+        1e6 * (process_cpu(server) - server0) / listed, 1
+    )
     engine.dispose()
     return out
 
@@ -151,7 +195,13 @@ def main() -> None:
             for kind, root in (("local", str(local)), ("s3", s3_root)):
                 run_tmp = tmp / f"{kind}-{i}"
                 run_tmp.mkdir()
-                runs[kind].append(embedded(root, model, run_tmp))  # type: ignore[arg-type]
+                runs[kind].append(
+                    with_cpu(
+                        proc.pid,
+                        len(files),
+                        lambda root=root, run_tmp=run_tmp: embedded(root, model, run_tmp),  # type: ignore[misc]
+                    )
+                )
                 print(kind, f"{runs[kind][-1]['images_per_s']:.1f} img/s", flush=True)
         result: dict[str, object] = {
             "images": args.images,
@@ -171,7 +221,11 @@ def main() -> None:
             for kind, root in (("local", str(local)), ("s3", s3_root)):
                 run_tmp = tmp / f"cluster-{kind}"
                 run_tmp.mkdir()
-                clus[kind] = cluster(root, warm, model, run_tmp)  # type: ignore[arg-type]
+                clus[kind] = with_cpu(
+                    proc.pid,
+                    len(files),
+                    lambda root=root, run_tmp=run_tmp: cluster(root, warm, model, run_tmp),  # type: ignore[misc]
+                )
                 print("cluster", kind, f"{clus[kind]['images_per_s']:.1f} img/s", flush=True)
             result["cluster"] = clus
             result["cluster_s3_over_local"] = round(
@@ -182,7 +236,10 @@ def main() -> None:
             upload(
                 client, [(f"many/{i // 1000:03d}/{i:06d}.jpg", tiny) for i in range(args.objects)]
             )
-            result["listing"] = {"objects": args.objects, **listing(f"s3://{BUCKET}/many", tmp)}
+            result["listing"] = {
+                "objects": args.objects,
+                **listing(f"s3://{BUCKET}/many", tmp, proc.pid),
+            }
             print("listing", result["listing"], flush=True)
         result["host"] = {"platform": platform.platform(), "cpus": os.cpu_count()}
         result["measured"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

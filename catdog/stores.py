@@ -51,6 +51,10 @@ _ESCAPED_BYTE = re.compile(r"[\udc80-\udcff]")
 _STORED_ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2})")
 
 
+class ServerError(OSError):
+    """An object store that kept answering a read with a server error (after retries)."""
+
+
 class StoreUnavailable(OSError):
     """A store that cannot be listed (no such bucket, no credentials, no network): one line."""
 
@@ -402,7 +406,11 @@ class SignedS3:
         self._http = urllib3.PoolManager(
             maxsize=READS_IN_FLIGHT,
             retries=urllib3.Retry(
-                total=3, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504), redirect=0
+                total=3,
+                backoff_factor=0.2,
+                status_forcelist=(500, 502, 503, 504),
+                redirect=0,
+                raise_on_status=False,  # the last answer says what went wrong
             ),
             timeout=urllib3.Timeout(connect=10, read=60),
         )
@@ -468,6 +476,8 @@ class SignedS3:
                 return FileNotFoundError(path)
             if answer.status == 416:  # a range of an empty object
                 return b""
+            if answer.status >= 500:
+                return ServerError(f"HTTP {answer.status}")
             if answer.status not in (200, 206):
                 return None
             data = answer.read(max_bytes + 1)

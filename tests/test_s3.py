@@ -484,3 +484,69 @@ def test_signed_reads_never_log_their_signature(
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("urllib3")]
     assert any("/photos/x.jpg" in line for line in lines)
     assert not [line for line in lines if "Signature" in line or "session-token" in line]
+
+
+class _Answers:
+    """A stand-in S3 endpoint that answers every request with one status, counting them."""
+
+    def __init__(self, status: int) -> None:
+        import http.server
+        import threading
+
+        answers = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+                answers.requests.append(self.path)
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_HEAD = do_GET  # noqa: N815
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.requests: list[str] = []
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "through_s3fs"),
+    [
+        (503, "cannot read object: ServerError", False),
+        (403, "permission denied", True),
+    ],
+)
+def test_a_read_the_signed_get_cannot_settle_fails_alone_or_goes_through_s3fs(
+    monkeypatch: pytest.MonkeyPatch, status: int, reason: str, through_s3fs: bool
+) -> None:
+    """A server error is retried, then a failed row; a refusal is asked again through s3fs
+    (which knows regions and refreshed credentials) and ends with its reason."""
+    import fsspec
+
+    answers = _Answers(status)
+    for key, value in {
+        "AWS_ENDPOINT_URL": answers.url,
+        "AWS_ACCESS_KEY_ID": "catdog-test",
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_MAX_ATTEMPTS": "1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    fsspec.filesystem("s3").clear_instance_cache()
+    forget_remote_stores()
+    try:
+        (got,) = FsspecStore(f"s3://{BUCKET}/photos").read_many(["x.jpg"], 1000)
+    finally:
+        answers.close()
+    assert str(got) == reason
+    signed = [r for r in answers.requests if "Signature=" in r]
+    assert len(signed) == (1 if through_s3fs else 4)  # 503: the first try and three retries
+    assert (len(answers.requests) > len(signed)) == through_s3fs
