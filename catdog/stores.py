@@ -259,6 +259,11 @@ class FsspecStore:
         listing = signed.listing(self._path) if signed is not None else None
         if listing is None:
             listing = self._find()
+        if len(listing) == 1 and listing[0][0] == self._path and "/" in self._path:
+            # The root names one object, not a prefix: a store of one, as a local file is,
+            # rooted at its folder so that its stored name is its own.
+            self.root = self.root.rsplit("/", 1)[0]
+            self._path = posixpath.dirname(self._path)
         listing.sort()
         for path, size, mtime, version in listing:
             rel = path[len(self._path) :].lstrip("/")

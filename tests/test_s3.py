@@ -378,6 +378,18 @@ def test_the_listing_gives_each_object_its_etag_and_pages_through_a_large_prefix
     assert len(pages) == 3  # 8 keys, 3 a page: the plain listing, not s3fs's 1,000-key pages
 
 
+def test_a_root_naming_one_object_is_a_store_of_one(
+    s3: S3Server, env, sqlite_url: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    """A URL of one object (not a prefix) labels that object, as a local file path does."""
+    put("photos/one.png", _png(tmp_path, "dog", 1))
+    put("photos/one.png.d/two.png", _png(tmp_path, "cat", 2))
+    env(database_url=sqlite_url, model=str(tiny_model))
+    code, rows, stderr = _classify([f"s3://{BUCKET}/photos/one.png"])
+    assert code == 0, stderr
+    assert [(r["path"], r["label"]) for r in rows] == [(f"s3://{BUCKET}/photos/one.png", "dog")]
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def tagged(request: pytest.FixtureRequest) -> Iterator[tuple[sessionmaker[Session], int]]:
     """A migrated database of each kind with a model version: (sessions, version id)."""
