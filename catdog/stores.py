@@ -251,7 +251,6 @@ class FsspecStore:
         self._path = path.rstrip("/")
         self._allowed = [_url_prefix(r) for r in allowed_roots or [] if is_url(r)]
         self._local_only = bool(allowed_roots) and not self._allowed
-        self._signed: SignedS3 | None = None
 
     def walk(self, on_skip: OnSkip | None = None) -> Iterator[FileEntry]:
         """Every object under the prefix with the size, time and version tag the listing gives."""
@@ -345,10 +344,15 @@ class FsspecStore:
         return [r if r is not None else ImageError("not read") for r in out]
 
     def _signed_s3(self) -> SignedS3 | None:
-        """The fast reader of an S3 store, made on first use; None for other file systems."""
-        if self._signed is None and "s3" in _protocols(self.fs):
-            self._signed = SignedS3(self.fs)
-        return self._signed
+        """The plain-HTTP reader of an S3 store; None for other file systems."""
+        return _signed_for(self.fs) if "s3" in _protocols(self.fs) else None
+
+
+@lru_cache(maxsize=8)
+def _signed_for(fs: object) -> SignedS3:
+    # One per file system (fsspec keeps one instance per set of options), shared by every
+    # prefix read through it: one connection pool and one set of threads per process.
+    return SignedS3(fs)
 
 
 def _protocols(fs: object) -> tuple[str, ...]:
@@ -633,6 +637,7 @@ def forget_remote_stores() -> None:
     """Drop cached stores (remote clients, resolved roots), e.g. after credentials change."""
     _remote.cache_clear()
     _local.cache_clear()
+    _signed_for.cache_clear()
 
 
 @lru_cache(maxsize=64)
