@@ -26,6 +26,8 @@ from test_s3 import BUCKET, SECRET, S3Server, put, s3
 from catdog.cli import main
 from catdog.db.engine import make_engine, session_factory
 from catdog.db.models import HumanLabel, ModelVersion, Prediction, ReviewItem
+from catdog.review.studio import LabelStudio
+from catdog.review.tasks import label_config
 from helpers import make_image
 from services import free_port
 
@@ -278,6 +280,36 @@ def test_a_personal_access_token_works_as_well_as_a_legacy_one(loop: Loop):
     pulled = loop.catdog("review", "pull", "--project", loop.project)
     assert pulled.exit_code == 0, pulled.output
     assert [h.label for h in loop.rows(HumanLabel)] == ["dog"]
+
+
+def test_an_expired_access_token_is_renewed_from_the_personal_access_token(
+    label_studio: LabelStudioServer,
+):
+    """Access tokens live minutes: a refused one is replaced once, from the refresh token."""
+    with LabelStudio(label_studio.url, label_studio.personal_access_token()) as studio:
+        assert studio.whoami()["email"] == label_studio.email
+        studio._access = "eyJexpired.access.token"  # what an expired one amounts to
+        assert studio.whoami()["email"] == label_studio.email
+        assert studio._access != "eyJexpired.access.token"
+        assert label_studio.personal_access_token() not in repr(studio)
+
+
+def test_a_reused_project_gains_the_models_new_classes_and_keeps_its_own(
+    label_studio: LabelStudioServer,
+):
+    """push reuses the project by title; a config lacking one of the model's classes is
+    replaced, one that has them all is left as the project's owners made it."""
+    title = f"catdog classes {uuid.uuid4().hex[:8]}"
+    with LabelStudio(label_studio.url, label_studio.token) as studio:
+        made = studio.ensure_project(title, label_config(["cat", "dog"]))
+        assert made.created
+        same = studio.ensure_project(title, label_config(["cat"]))
+        assert (same.id, same.created) == (made.id, False)
+        config = studio.request("GET", f"/api/projects/{made.id}/")["label_config"]
+        assert 'value="dog"' in config and 'value="fox"' not in config
+        studio.ensure_project(title, label_config(["cat", "dog", "fox"]))
+        config = studio.request("GET", f"/api/projects/{made.id}/")["label_config"]
+        assert 'value="fox"' in config
 
 
 def test_a_wrong_token_or_an_absent_server_is_one_line_and_sends_nothing(loop: Loop):
