@@ -333,7 +333,7 @@ def test_export_then_import_round_trip_through_files(
     r4 = runner.invoke(main, ["review", "import", str(answers)])
     assert "0 new, 0 changed, 3 unchanged" in r4.output
     status = runner.invoke(main, ["review", "status"])
-    assert "human labels: 2 (1 skipped" in status.output
+    assert "human labels: 2; 1 skipped and 0 ambiguous" in status.output
     assert "changed by reviewers: 1 of 2" in status.output
     assert "2 images awaiting review" in status.output
     broken = tmp_path / "broken.json"
@@ -361,7 +361,7 @@ def test_status_lines_give_the_interval_and_say_when_the_sample_is_too_small():
         )
 
     small = lines(10, 9)
-    assert small[0].startswith("human labels: 40 (1 skipped, 2 ambiguous")
+    assert small[0].startswith("human labels: 40; 1 skipped and 2 ambiguous (never trained on)")
     assert small[1] == "model labels changed by reviewers: 5 of 40 reviewed"
     low, high = wilson(9, 10)
     assert f"90.0% (95% Wilson interval {low:.1%}-{high:.1%}, 9/10" in small[2]

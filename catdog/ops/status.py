@@ -189,8 +189,8 @@ def wait_for_run(
 def review_lines(s: ReviewSummary) -> list[str]:
     """Human review in a few lines: answers, changes, and the audit estimate."""
     lines = [
-        f"human labels: {s.human} ({s.outcomes.get('skipped', 0)} skipped, "
-        f"{s.outcomes.get('ambiguous', 0)} ambiguous, not trained on); "
+        f"human labels: {s.human}; {s.outcomes.get('skipped', 0)} skipped and "
+        f"{s.outcomes.get('ambiguous', 0)} ambiguous (never trained on); "
         f"{s.pending} images awaiting review",
         f"model labels changed by reviewers: {s.changed} of {s.changed + s.confirmed} reviewed",
     ]
