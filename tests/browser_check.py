@@ -3,7 +3,9 @@
 Run by the tests with the Python of Label Studio's own virtual environment (Playwright lives
 there, not in catdog's), against Debian's ``chromium``; never ``playwright install``.
 
-    python browser_check.py URL EMAIL PASSWORD PROJECT TASK SCREENSHOT
+    python browser_check.py URL EMAIL PASSWORD PROJECT TASK IMAGE SCREENSHOT
+
+IMAGE is the task's ``data.image`` (a path on the server, or a full URL).
 
 Prints one JSON object: the labeling image's ``naturalWidth`` and ``naturalHeight``, and the
 HTTP status of each ``/data/...`` request the page made; exits 1 when the image did not load.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from urllib.parse import urljoin
 
 from playwright.sync_api import sync_playwright
 
@@ -30,7 +33,8 @@ LABELING_IMAGE = """() => {
 
 
 def main(argv: list[str]) -> int:
-    url, email, password, project, task, screenshot = argv
+    url, email, password, project, task, image, screenshot = argv
+    image_url = urljoin(url + "/", image)
     statuses: dict[str, int] = {}
     with sync_playwright() as p:
         browser = p.chromium.launch(
@@ -58,7 +62,8 @@ def main(argv: list[str]) -> int:
         size = None
         while time.monotonic() < deadline:
             size = page.evaluate(LABELING_IMAGE)
-            if size is not None or any(s >= 400 for s in statuses.values()):
+            # Only this task's image counts: the task list shows the others' thumbnails.
+            if size is not None or statuses.get(image_url, 0) >= 400:
                 break
             page.wait_for_timeout(250)
         page.wait_for_timeout(500)  # let the canvas draw before the picture is taken

@@ -100,6 +100,7 @@ class Loop:
                 self.server.password,
                 str(task["project"]),
                 str(task["id"]),
+                str(task["data"]["image"]),
                 str(screenshot),
             ],
             capture_output=True,
@@ -334,11 +335,23 @@ def test_a_wrong_token_or_an_absent_server_is_one_line_and_sends_nothing(loop: L
         f"cannot reach Label Studio at http://127.0.0.1:{port}: connection refused" in away.output
     )
 
-    loop.env(label_studio_url=loop.server.url, label_studio_document_root="/somewhere/else")
+    # Label Studio's document root is a folder below the one catdog is told: every URL
+    # would point at a file that is not there.
+    loop.env(
+        label_studio_url=loop.server.url,
+        label_studio_document_root=str(loop.server.document_root.parent),
+    )
+    wrong_root = loop.catdog("review", "push", "--limit", "2", "--project", loop.project)
+    assert wrong_root.exit_code == 1 and wrong_root.output.count("\n") == 1
+    assert "does not serve the images (404" in wrong_root.output
+    assert "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT" in wrong_root.output
+    assert loop.rows(ReviewItem) == [] and loop.tasks() == []
+
+    loop.env(label_studio_document_root="/somewhere/else")
     outside = loop.catdog("review", "push", "--limit", "2", "--project", loop.project)
     assert outside.exit_code == 1 and "outside Label Studio's document root" in outside.output
     assert loop.rows(ReviewItem) == []
-    absent = loop.catdog("review", "pull", "--project", loop.project)
+    absent = loop.catdog("review", "pull", "--project", "no such project")
     assert absent.exit_code == 1 and "has no project" in absent.output
 
 

@@ -80,6 +80,20 @@ def _local_roots(candidates: Sequence[Any]) -> list[str]:
     )
 
 
+def _one_local_url_per_root(
+    candidates: Sequence[Any], tasks: Sequence[dict[str, Any]]
+) -> list[str]:
+    """The image URL of the first task of each local store root."""
+    from catdog.review.tasks import IMAGE_NAME
+    from catdog.stores import is_url
+
+    first: dict[str, str] = {}
+    for cand, task in zip(candidates, tasks, strict=True):
+        if not is_url(cand.store):
+            first.setdefault(cand.store, str(task["data"][IMAGE_NAME]))
+    return list(first.values())
+
+
 @review.command("push")
 @limit_options
 @project_option
@@ -122,6 +136,10 @@ def push(limit: int, audit: int | None, no_audit: bool, seed: int | None, projec
             )
             for root in _local_roots(chosen):
                 studio.connect_local_files(target.id, root)
+            # One image per local root, fetched as a browser would: a server setting that is
+            # off shows now, not as broken images in every task.
+            for url in _one_local_url_per_root(chosen, tasks):
+                studio.check_local_image(url)
             where = f"{studio.where}/projects/{target.id}"
             # Images whose task is in the project already (a push cut short between Label
             # Studio's answer and catdog's commit) are recorded with that task, not sent again.

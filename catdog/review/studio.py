@@ -248,6 +248,28 @@ class LabelStudio:
         )
         return int(created["id"])
 
+    def check_local_image(self, url: str) -> None:
+        """Fetch one ``/data/local-files/`` URL as the reviewers' browsers will; one line
+        saying which server setting is off when Label Studio does not serve it."""
+        response = self._call("GET", url, stream=True)
+        response.close()
+        if response.status_code == 200:
+            return
+        if response.status_code == 403:
+            why = "set LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true for the server"
+        elif response.status_code == 404:
+            why = (
+                "CATDOG_LABEL_STUDIO_DOCUMENT_ROOT must be the server's "
+                "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, and the files must be at the same "
+                "paths on the server"
+            )
+        else:
+            why = _detail(response)
+        raise StudioError(
+            f"Label Studio at {self.where} does not serve the images "
+            f"({response.status_code} for {url}): {why}"
+        )
+
     def import_tasks(self, project_id: int, tasks: Sequence[dict[str, Any]]) -> list[int | None]:
         """Import tasks (with their predictions); their new ids, in order (None if not told)."""
         if not tasks:
