@@ -205,11 +205,15 @@ def pull(project: str) -> None:
             classes = production_classes(session)
             with labeling_progress(console) as progress:
                 bar = progress.add_task("reading answers", total=None)
-                for tasks, count in studio.task_pages(int(found["id"])):
-                    # One commit per page: a pull cut short keeps what it read.
-                    _add(total, record(session, tasks, "label-studio", classes=classes))
+                for tasks, looked, project_tasks in studio.answered(int(found["id"])):
+                    # One commit per batch: a pull cut short keeps what it read.
+                    counts = record(session, tasks, "label-studio", classes=classes)
                     session.commit()
-                    progress.update(bar, total=count, advance=len(tasks))
+                    # The export leaves out the tasks nobody answered yet.
+                    counts.tasks += looked - len(tasks)
+                    counts.unanswered += looked - len(tasks)
+                    _add(total, counts)
+                    progress.update(bar, total=project_tasks, advance=looked)
         except (StudioError, LabelsError) as exc:
             raise click.ClickException(str(exc)) from None
     click.echo(f"{project!r}: {total.line()}")

@@ -27,8 +27,9 @@ from catdog.settings import redact_url
 TIMEOUT_S = 60.0
 #: Tasks per import request: one request per batch, and the batch is what a failure repeats.
 IMPORT_BATCH = 100
-#: Tasks per page when reading answers back.
-PAGE_SIZE = 100
+#: Task ids per export request: each is ~15 bytes of the query string, and servers in front
+#: of Label Studio cap a request line at 4-8 KiB.
+EXPORT_IDS = 100
 #: Tasks per page when only their ids and data are read (a few hundred bytes each).
 ID_PAGE_SIZE = 1000
 #: A JWT: three base64url parts, the header starting ``{"`` (``eyJ``).
@@ -304,20 +305,40 @@ class LabelStudio:
                 return
             page += 1
 
-    def task_pages(self, project_id: int) -> Iterator[tuple[list[dict[str, Any]], int]]:
-        """The project's tasks with their annotations (skipped ones included), a page at a
-        time, each with the project's task count; annotators are named by email."""
+    def task_ids(self, project_id: int) -> list[int]:
+        """The ids of every task of the project."""
+        pages = self._pages(project_id, ID_PAGE_SIZE, fields="task_only", include="id")
+        return [int(t["id"]) for tasks, _ in pages for t in tasks]
+
+    def answered(self, project_id: int) -> Iterator[tuple[list[dict[str, Any]], int, int]]:
+        """The project's answered tasks (skipped ones included) in the shape of Label
+        Studio's JSON export, a batch at a time, with how many tasks the batch looked at and
+        how many the project has; annotators are named by email.
+
+        The export serialises only tasks with annotations, at a third of the cost per task
+        of the task list's full form, so a project still mostly unanswered reads quickly.
+        """
         emails: dict[int, str] | None = None
-        for tasks, total in self._pages(project_id, PAGE_SIZE, fields="all"):
-            answered = [t for t in tasks if t.get("annotations")]
-            if answered and emails is None:
+        ids = self.task_ids(project_id)
+        for start in range(0, len(ids), EXPORT_IDS):
+            chunk = ids[start : start + EXPORT_IDS]
+            tasks = self.request(
+                "GET",
+                f"/api/projects/{project_id}/export",
+                params={"exportType": "JSON", "ids[]": chunk},
+            )
+            if not isinstance(tasks, list):
+                raise StudioError(
+                    f"Label Studio at {self.where} exported something else than tasks"
+                )
+            if tasks and emails is None:
                 emails = self.emails()
-            for task in answered:
-                for annotation in task["annotations"]:
+            for task in tasks:
+                for annotation in task.get("annotations") or []:
                     who = annotation.get("completed_by")
                     if isinstance(who, int) and emails is not None and who in emails:
                         annotation["completed_by"] = {"id": who, "email": emails[who]}
-            yield tasks, total
+            yield tasks, len(chunk), len(ids)
 
     def image_tasks(self, project_id: int) -> dict[int, int]:
         """catdog image id to task id, for every task of the project that has one."""
