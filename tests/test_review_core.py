@@ -317,6 +317,10 @@ def test_export_then_import_round_trip_through_files(
     assert len(tasks) == 3 and "hotkey" in config.read_text()
     r2 = runner.invoke(main, ["review", "export", "--limit", "2", "--audit", "0", "-o", str(out)])
     assert r2.exit_code == 0 and len(json.loads(out.read_text())) == 2  # never the same ones
+    empty, config2 = tmp_path / "empty.json", tmp_path / "config2.xml"
+    r2b = runner.invoke(main, ["review", "export", "-o", str(empty), "--config-out", str(config2)])
+    assert r2b.exit_code == 0 and "wrote 0 tasks" in r2b.output  # every image was sent
+    assert json.loads(empty.read_text()) == [] and config2.read_text() == config.read_text()
     # The reviewer flips the first, confirms the second, skips the third.
     for i, task in enumerate(tasks):
         label = task["predictions"][0]["result"][0]["value"]["choices"][0]

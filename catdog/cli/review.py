@@ -158,13 +158,20 @@ def export_tasks(
             tasks = [task_for(c, settings, document_root=document_root) for c in chosen]
         except TaskError as exc:
             raise click.ClickException(str(exc)) from exc
-        if config_out is not None and chosen:
-            from sqlalchemy import select
+        if config_out is not None:
+            classes = production_classes(session)
+            if chosen:  # the classes of the model whose labels are sent
+                from sqlalchemy import select
 
-            classes = session.scalars(
-                select(ModelVersion.classes).where(ModelVersion.version == chosen[0].model_version)
-            ).one()
-            _write_atomically(config_out, lambda fh: fh.write(label_config(classes)))
+                classes = session.scalars(
+                    select(ModelVersion.classes).where(
+                        ModelVersion.version == chosen[0].model_version
+                    )
+                ).one()
+            if not classes:
+                raise click.ClickException("no model classes known: cannot write --config-out")
+            config = label_config([str(c) for c in classes])
+            _write_atomically(config_out, lambda fh: fh.write(config))
         if out is None:
             write_tasks(tasks, sys.stdout)
         else:
