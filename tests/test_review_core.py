@@ -216,6 +216,9 @@ def test_answers_labeled_skipped_ambiguous_and_unanswered():
     assert answer_of(two).outcome == "ambiguous"
     agree = ls_task(5, ann("cat"), ann("cat", ann_id=11, when="2026-01-02T00:00:00Z"))
     assert answer_of(agree).annotation_id == 11
+    later_skip = ls_task(5, ann("cat"), ann(ann_id=12, cancelled=True, when="2026-01-05T00:00:00Z"))
+    labeled = answer_of(later_skip)
+    assert labeled.outcome == "labeled" and labeled.annotation_id == 10
     assert answer_of(ls_task(5)) is None
     assert answer_of({"id": 3, "data": {"image": "x"}, "annotations": [ann("cat")]}) is None
 

@@ -129,6 +129,12 @@ def _task_id(task: dict[str, Any]) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _newest_first(annotation: dict[str, Any]) -> tuple[datetime, int]:
+    when = _time(annotation.get("updated_at")) or _time(annotation.get("created_at"))
+    ident = annotation.get("id")
+    return (when or datetime.min.replace(tzinfo=UTC), ident if isinstance(ident, int) else 0)
+
+
 def answer_of(task: dict[str, Any]) -> Answer | None:
     """The answer a task holds, or None when nobody answered it (or it is not catdog's)."""
     image_id = _image_id(task)
@@ -137,16 +143,9 @@ def answer_of(task: dict[str, Any]) -> Answer | None:
     annotations = [a for a in task.get("annotations") or [] if isinstance(a, dict)]
     if not annotations:
         return None
-    latest = max(
-        annotations,
-        key=lambda a: (
-            _time(a.get("updated_at"))
-            or _time(a.get("created_at"))
-            or datetime.min.replace(tzinfo=UTC),
-            a.get("id") if isinstance(a.get("id"), int) else 0,
-        ),
-    )
     kept = [a for a in annotations if not a.get("was_cancelled")]
+    # Who and when: the newest annotation that counts (the newest skip when none does).
+    latest = max(kept or annotations, key=_newest_first)
     labels: list[str] = []
     for a in kept:
         labels.extend(c for c in _choices(a) if c not in labels)
