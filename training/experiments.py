@@ -111,6 +111,62 @@ def _scores(probs: np.ndarray, y: np.ndarray, classes: Sequence[str]) -> dict[st
     }
 
 
+def _summary(
+    val_probs: np.ndarray,
+    val_labels: np.ndarray,
+    shift_probs: dict[str, np.ndarray],
+    truth: np.ndarray,
+    classes: Sequence[str],
+) -> dict[str, Any]:
+    val_scores = _scores(val_probs, val_labels, classes)
+    per_shift = {name: _scores(p, truth, classes) for name, p in shift_probs.items()}
+    if not per_shift:
+        return {"validation": val_scores}
+    worst = min(per_shift, key=lambda s: per_shift[s]["accuracy"])
+    return {
+        "validation": val_scores,
+        "shift_mean_accuracy": round(
+            float(np.mean([s["accuracy"] for s in per_shift.values()])), 4
+        ),
+        "worst_shift": worst,
+        "worst_accuracy": per_shift[worst]["accuracy"],
+        "shift_confident_errors": sum(s["confident_errors"] for s in per_shift.values()),
+        "shift_ece": round(float(np.mean([s["ece"] for s in per_shift.values()])), 4),
+        "shifts": len(per_shift),
+        "per_shift": {name: r["accuracy"] for name, r in per_shift.items()},
+    }
+
+
+def score_reference(args: argparse.Namespace) -> dict[str, Any]:
+    """The reference model's own row, scored like the experiments (it has no temperature)."""
+    from catdog.training.views import SHIFTS
+
+    images = datasets.discover(args.data)
+    _, val_idx = datasets.split(images, VALIDATION_FRACTION, args.seed)
+    labels = np.asarray(images.labels)
+    val_rows = np.asarray(val_idx)
+    reference = _reference_probs(args, images, val_rows, shift_rows(val_idx))
+    shifts = {n: reference[n] for n in SHIFTS if n in reference and n != "unchanged"}
+    truth = labels[shift_rows(val_idx)]
+    summary = _summary(reference["photo"], labels[val_rows], shifts, truth, images.classes)
+    hard, hits = 0, 0
+    for name, probs in {"photo": reference["photo"], **shifts}.items():
+        y = labels[val_rows] if name == "photo" else truth
+        mask = (probs.argmax(1) != y) | (probs.max(1) < UNSURE)
+        hard += int(mask.sum())
+        hits += int((probs.argmax(1) == y)[mask].sum())
+    result = {
+        "name": args.name,
+        "temperature": 1.0,
+        "raw": summary,
+        "calibrated": summary,
+        "hard_slice": {"n": hard, "accuracy": round(hits / max(1, hard), 4)},
+    }
+    with open(args.out, "a") as out:
+        out.write(json.dumps(result) + "\n")
+    return result
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train one recipe on the caches and score it; append the result to ``--out``."""
     import keras
@@ -129,11 +185,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     train_rows = np.array([i for i in train_idx if ok[i]])
     val_rows = np.array([i for i in val_idx if ok[i]])
     rows = shift_rows(val_idx)
-    shifted = {
-        name: np.load(root / "shifts" / shift_dir(name) / f"{name}.npy", mmap_mode="r")
-        for name in SHIFTS
-        if name != "unchanged"
-    }
+    shift_files = {n: root / "shifts" / shift_dir(n) / f"{n}.npy" for n in SHIFTS}
+    shifted = {n: np.load(f, mmap_mode="r") for n, f in shift_files.items() if f.is_file()}
     probs_of, _dense, history = fit_on_cache(
         tail,
         {v: c[0] for v, c in cached.items()},
@@ -163,22 +216,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "temperature": round(temperature, 3),
     }
     for tag, t in (("raw", 1.0), ("calibrated", temperature)):
-        val_scores = _scores(apply_temperature(val_probs, t), labels[val_rows], images.classes)
-        per_shift = {
-            name: _scores(apply_temperature(p, t), truth, images.classes)
-            for name, p in shift_probs.items()
-        }
-        worst = min(per_shift, key=lambda s: per_shift[s]["accuracy"])
-        result[tag] = {
-            "validation": val_scores,
-            "shift_mean_accuracy": round(
-                float(np.mean([s["accuracy"] for s in per_shift.values()])), 4
-            ),
-            "worst_shift": worst,
-            "worst_accuracy": per_shift[worst]["accuracy"],
-            "shift_confident_errors": sum(s["confident_errors"] for s in per_shift.values()),
-            "shift_ece": round(float(np.mean([s["ece"] for s in per_shift.values()])), 4),
-        }
+        result[tag] = _summary(
+            apply_temperature(val_probs, t),
+            labels[val_rows],
+            {name: apply_temperature(p, t) for name, p in shift_probs.items()},
+            truth,
+            images.classes,
+        )
     if args.reference:
         # The hard slice: photos/shifts the reference gets wrong or is unsure of.
         reference = _reference_probs(args, images, val_rows, rows)
@@ -229,12 +273,36 @@ def _reference_probs(
     return result
 
 
+def table(results: Sequence[dict[str, Any]]) -> str:
+    """The experiments as a Markdown table (calibrated figures; raw confident errors too)."""
+    head = (
+        "| recipe | val acc | val log loss | val ECE | val conf. errors | shifts mean acc "
+        "| worst shift | conf. errors on shifts (raw) | hard slice acc | T |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    rows = []
+    for r in results:
+        c, raw = r["calibrated"], r["raw"]
+        v = c["validation"]
+        rows.append(
+            f"| {r['name']} | {v['accuracy']:.4f} | {v['log_loss']:.4f} | {v['ece']:.4f} "
+            f"| {v['confident_errors']} | {c.get('shift_mean_accuracy', float('nan')):.4f} "
+            f"| {c.get('worst_accuracy', float('nan')):.3f} ({c.get('worst_shift', '-')}) "
+            f"| {c.get('shift_confident_errors', '-')} ({raw.get('shift_confident_errors', '-')}) "
+            f"| {r.get('hard_slice', {}).get('accuracy', float('nan')):.4f} "
+            f"| {r['temperature']:.2f} |"
+        )
+    return head + "\n".join(rows) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     from catdog.training.views import TRAIN_VIEWS
 
     p = argparse.ArgumentParser(prog="python -m catdog.training.experiments", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    for name in ("cache", "run"):
+    t = sub.add_parser("table", help="print the results of --out as a Markdown table")
+    t.add_argument("--out", default="training/results/experiments.jsonl")
+    for name in ("cache", "run", "reference"):
         s = sub.add_parser(name)
         s.add_argument("--data", required=True)
         s.add_argument("--cache-dir", required=True)
@@ -244,6 +312,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         s.add_argument("--views", nargs="+", default=["photo"], choices=TRAIN_VIEWS)
     c = sub.choices["cache"]
     c.add_argument("--shifts", action="store_true", help="also the shifted validation photos")
+    f = sub.choices["reference"]
+    f.add_argument("--name", default="reference (old default)")
+    f.add_argument("--reference", required=True)
+    f.add_argument("--reference-shifts")
+    f.add_argument("--out", default="training/results/experiments.jsonl")
     r = sub.choices["run"]
     r.add_argument("--name", required=True)
     r.add_argument("--epochs", type=int, default=0, help="final-stage epochs (0: frozen)")
@@ -254,7 +327,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     r.add_argument("--reference-shifts", help="its bench/robustness.py --save-probs file")
     r.add_argument("--out", default="training/results/experiments.jsonl")
     args = p.parse_args(argv)
-    if args.command == "cache":
+    if args.command == "table":
+        lines = Path(args.out).read_text().splitlines()
+        print(table([json.loads(line) for line in lines if line.strip()]), end="")
+    elif args.command == "reference":
+        score_reference(args)
+    elif args.command == "cache":
         cache(args)
     else:
         run(args)
