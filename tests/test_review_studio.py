@@ -271,9 +271,14 @@ def test_pull_stores_answers_once_and_a_changed_answer_updates(loop: Loop):
     assert loop.export()[tasks[0]["data"]["catdog_path"]]["label"] == predicted[tasks[0]["id"]]
 
 
-def test_a_personal_access_token_works_as_well_as_a_legacy_one(loop: Loop):
-    """A personal access token (a JWT) is exchanged for access tokens: push and pull work."""
-    loop.env(label_studio_token=loop.server.personal_access_token())
+def test_a_personal_access_token_from_a_secret_file_works_as_well_as_a_legacy_one(
+    loop: Loop, tmp_path: Path
+):
+    """A personal access token (a JWT), read from CATDOG_LABEL_STUDIO_TOKEN_FILE (which wins
+    over the variable), is exchanged for access tokens: push and pull work."""
+    secret = tmp_path / "label-studio-token"
+    secret.write_text(loop.server.personal_access_token() + "\n")
+    loop.env(label_studio_token="not-used", label_studio_token_file=str(secret))
     pushed = loop.catdog("review", "push", "--limit", "2", "--no-audit", "--project", loop.project)
     assert pushed.exit_code == 0, pushed.output
     (task, _) = loop.tasks()
