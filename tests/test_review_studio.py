@@ -196,7 +196,8 @@ def test_push_sends_tasks_with_pre_annotations_and_never_the_same_image_twice(lo
 
 def test_tasks_label_studio_took_before_catdog_recorded_them_are_not_sent_again(loop: Loop):
     """A push cut short between Label Studio's answer and catdog's commit: the next push
-    finds those images' tasks in the project and records them instead of sending them again."""
+    finds those images' tasks in the project and records them instead of sending them again;
+    a task of another database's image with the same id does not count."""
     from catdog.review.select import choose
     from catdog.review.tasks import task_for
     from catdog.settings import get_settings
@@ -205,15 +206,22 @@ def test_tasks_label_studio_took_before_catdog_recorded_them_are_not_sent_again(
     assert first.exit_code == 0, first.output
     engine = make_engine(loop.database)
     with session_factory(engine)() as session:
-        unrecorded = [task_for(c, get_settings()) for c in choose(session, limit=3, audit=0)]
+        next_four = [task_for(c, get_settings()) for c in choose(session, limit=4, audit=0)]
     engine.dispose()
-    loop.api("POST", f"/api/projects/{loop.project_id()}/import", json=unrecorded)
+    unrecorded, same_id = next_four[:3], next_four[3]
+    same_id["data"]["catdog_path"] = "another/database.jpg"
+    loop.api("POST", f"/api/projects/{loop.project_id()}/import", json=[*unrecorded, same_id])
+    foreign = max(t["id"] for t in loop.tasks())
 
-    again = loop.catdog("review", "push", "--limit", "3", "--no-audit", "--project", loop.project)
+    again = loop.catdog("review", "push", "--limit", "4", "--no-audit", "--project", loop.project)
     assert again.exit_code == 0, again.output
-    assert "pushed 0 tasks" in again.output and "3 were there already" in again.output
-    tasks = {t["data"]["catdog_image_id"]: t["id"] for t in loop.tasks()}
-    assert len(tasks) == 5
+    assert "pushed 1 tasks" in again.output and "3 were there already" in again.output
+    tasks = {
+        t["data"]["catdog_image_id"]: t["id"]
+        for t in sorted(loop.tasks(), key=lambda t: t["id"])
+        if t["id"] != foreign
+    }
+    assert len(tasks) == 6
     assert {i.image_id: i.task_id for i in loop.rows(ReviewItem)} == tasks
 
 

@@ -94,6 +94,25 @@ def _one_local_url_per_root(
     return list(first.values())
 
 
+def _already_sent(
+    in_project: dict[int, tuple[int, dict[str, Any]]], candidates: Sequence[Any]
+) -> dict[int, int]:
+    """Image id to task id for the candidates whose task is in the project already.
+
+    A task counts only when its store and path are the candidate's too: another catdog
+    database pushing to the same project has images with the same ids.
+    """
+    found = {}
+    for cand in candidates:
+        task_id, data = in_project.get(cand.image_id, (None, {}))
+        if task_id is not None and (data.get("catdog_store"), data.get("catdog_path")) == (
+            cand.store,
+            cand.path,
+        ):
+            found[cand.image_id] = task_id
+    return found
+
+
 @review.command("push")
 @limit_options
 @project_option
@@ -143,7 +162,7 @@ def push(limit: int, audit: int | None, no_audit: bool, seed: int | None, projec
             where = f"{studio.where}/projects/{target.id}"
             # Images whose task is in the project already (a push cut short between Label
             # Studio's answer and catdog's commit) are recorded with that task, not sent again.
-            present = studio.image_tasks(target.id)
+            present = _already_sent(studio.image_tasks(target.id), chosen)
             again = [i for i, c in enumerate(chosen) if c.image_id in present]
             if again:
                 mark_pushed(

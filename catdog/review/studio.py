@@ -340,15 +340,17 @@ class LabelStudio:
                         annotation["completed_by"] = {"id": who, "email": emails[who]}
             yield tasks, len(chunk), len(ids)
 
-    def image_tasks(self, project_id: int) -> dict[int, int]:
-        """catdog image id to task id, for every task of the project that has one."""
-        found: dict[int, int] = {}
+    def image_tasks(self, project_id: int) -> dict[int, tuple[int, dict[str, Any]]]:
+        """catdog image id to (task id, task data), for every task of the project that has
+        one (the first task, if several)."""
+        found: dict[int, tuple[int, dict[str, Any]]] = {}
         pages = self._pages(project_id, ID_PAGE_SIZE, fields="task_only", include="id,data")
         for tasks, _ in pages:
             for task in tasks:
-                image_id = (task.get("data") or {}).get("catdog_image_id")
+                data = task.get("data") or {}
+                image_id = data.get("catdog_image_id")
                 if isinstance(image_id, int) and not isinstance(image_id, bool):
-                    found.setdefault(image_id, int(task["id"]))
+                    found.setdefault(image_id, (int(task["id"]), data))
         return found
 
 
