@@ -26,7 +26,7 @@ from test_s3 import BUCKET, SECRET, S3Server, put, s3
 from catdog.cli import main
 from catdog.db.engine import make_engine, session_factory
 from catdog.db.models import HumanLabel, ModelVersion, Prediction, ReviewItem
-from catdog.review.studio import LabelStudio
+from catdog.review.studio import LabelStudio, StudioError
 from catdog.review.tasks import label_config
 from helpers import make_image
 from services import free_port
@@ -324,6 +324,14 @@ def test_a_reused_project_gains_the_models_new_classes_and_keeps_its_own(
         studio.ensure_project(title, label_config(["cat", "dog", "fox"]))
         config = studio.request("GET", f"/api/projects/{made.id}/")["label_config"]
         assert 'value="fox"' in config
+
+        theirs = f"someone else's {uuid.uuid4().hex[:8]}"
+        other = label_config(["cat", "dog"]).replace('name="label"', 'name="animal"')
+        studio.request("POST", "/api/projects/", json={"title": theirs, "label_config": other})
+        with pytest.raises(StudioError, match="not catdog's"):
+            studio.ensure_project(theirs, label_config(["cat", "dog"]))
+        config = studio.request("GET", f"/api/projects/{studio.find_project(theirs)['id']}/")
+        assert 'name="animal"' in config["label_config"]  # left as its owners made it
 
 
 def test_a_wrong_token_or_an_absent_server_is_one_line_and_sends_nothing(loop: Loop):

@@ -21,6 +21,7 @@ from typing import Any
 
 import requests
 
+from catdog.review.tasks import CHOICES_NAME, IMAGE_NAME
 from catdog.settings import redact_url
 
 #: Seconds Label Studio may take to answer one request (an import of a batch included).
@@ -213,7 +214,9 @@ class LabelStudio:
         """The project titled ``title``, created with ``label_config`` when there is none.
 
         An existing project keeps its config unless it lacks a class the model has now; then
-        the config is replaced (Label Studio refuses it if answers use a label it drops).
+        the config is replaced (Label Studio refuses it if answers use a label it drops). A
+        project whose config is not catdog's (other control names) is refused: catdog's
+        pre-annotations and answers would not fit it.
         """
         project = self.find_project(title)
         if project is None:
@@ -221,7 +224,14 @@ class LabelStudio:
                 "POST", "/api/projects/", json={"title": title, "label_config": label_config}
             )
             return Project(int(created["id"]), title, created=True)
-        if set(_choices(label_config)) - set(_choices(project.get("label_config", ""))):
+        existing = str(project.get("label_config") or "")
+        if not _is_catdogs(existing):
+            raise StudioError(
+                f"project {title!r} at {self.where} has a labeling config that is not catdog's "
+                f'(it needs <Choices name="{CHOICES_NAME}" toName="{IMAGE_NAME}">): '
+                "choose another --project"
+            )
+        if set(_choices(label_config)) - set(_choices(existing)):
             self.request(
                 "PATCH", f"/api/projects/{project['id']}/", json={"label_config": label_config}
             )
@@ -364,6 +374,15 @@ def _json(response: requests.Response, where: str, path: str) -> Any:
         raise StudioError(
             f"{where} answered {path} with something that is not JSON: is it Label Studio?"
         ) from None
+
+
+def _is_catdogs(label_config: str) -> bool:
+    """Whether a labeling config has catdog's image and choices (by their names)."""
+    image = re.search(rf'<Image\s[^>]*name="{IMAGE_NAME}"', label_config)
+    choices = re.search(
+        rf'<Choices\s(?=[^>]*name="{CHOICES_NAME}")(?=[^>]*toName="{IMAGE_NAME}")', label_config
+    )
+    return image is not None and choices is not None
 
 
 def _choices(label_config: str) -> list[str]:
