@@ -13,6 +13,7 @@ import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,8 @@ from services import free_port
 
 __all__ = ["label_studio", "s3"]  # fixtures, used by name
 
+#: A day, for signing times.
+DAY = timedelta(days=1)
 #: Synthetic photos per class (red blobs are cats, blue blobs dogs for the tiny model).
 PER_CLASS = 4
 
@@ -453,6 +456,22 @@ def test_an_object_store_image_is_shown_by_a_presigned_url(
         assert SECRET not in url
         fetched = requests.get(url, timeout=30)  # no credentials: the signature is the key
         assert fetched.status_code == 200 and fetched.content[:2] == b"\xff\xd8"
+        assert datetime.fromisoformat(task["data"]["catdog_signed"]) > datetime.now(UTC) - DAY
+
+    # A week later the signature has expired: the next pull (or push) signs it again; a
+    # task signed recently is left alone.
+    old, recent = sorted(tasks, key=lambda t: t["id"])
+    stale = {**old["data"], "image": f"{s3.url}/expired", "catdog_signed": "2020-01-01T00:00:00"}
+    loop.api("PATCH", f"/api/tasks/{old['id']}/", json={"data": stale})
+    pulled = loop.catdog("review", "pull", "--project", loop.project)
+    assert pulled.exit_code == 0 and "1 image URLs signed again" in pulled.output
+    now = {t["id"]: t["data"] for t in loop.tasks()}
+    assert now[recent["id"]] == recent["data"]
+    assert now[old["id"]]["image"].startswith(f"{s3.url}/{BUCKET}/photos/")
+    assert datetime.fromisoformat(now[old["id"]]["catdog_signed"]) > datetime.now(UTC) - DAY
+    assert requests.get(now[old["id"]]["image"], timeout=30).status_code == 200
+    tasks = [{**old, "data": now[old["id"]]}, recent]
+
     if not CHROMIUM.exists():
         missing(f"chromium ({CHROMIUM}; apt-get install chromium)")
     rc, seen = loop.browse(tasks[0], tmp_path / "task-s3.png")

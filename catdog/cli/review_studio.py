@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -30,6 +31,11 @@ if TYPE_CHECKING:
 
 #: The Label Studio project catdog uses unless --project names another.
 DEFAULT_PROJECT = "catdog review"
+#: Task data key: when catdog signed the task's image URL (object stores only).
+SIGNED_KEY = "catdog_signed"
+#: A presigned image URL is signed again once it is this old: half its validity (a week,
+#: catdog.review.tasks.SIGNED_URL_S), so a push or pull every few days keeps them all showing.
+RESIGN_AFTER = timedelta(seconds=3.5 * 24 * 3600)
 
 project_option = click.option(
     "--project",
@@ -113,6 +119,40 @@ def _already_sent(
     return found
 
 
+def _presigned(store: str) -> bool:
+    """Whether images of ``store`` are shown by a presigned URL (object stores, not HTTP)."""
+    from catdog.stores import is_url
+
+    return is_url(store) and not store.startswith(("http://", "https://"))
+
+
+def resign(studio: LabelStudio, in_project: dict[int, tuple[int, dict[str, Any]]]) -> int:
+    """Sign again the image URLs of the project's tasks signed ``RESIGN_AFTER`` ago or more
+    (they expire after a week); how many were."""
+    from catdog.review.tasks import IMAGE_NAME, image_url
+
+    now = datetime.now(UTC)
+    done = 0
+    for task_id, data in in_project.values():
+        store, path, signed = (
+            data.get("catdog_store"),
+            data.get("catdog_path"),
+            data.get(SIGNED_KEY),
+        )
+        if not (isinstance(store, str) and isinstance(path, str) and isinstance(signed, str)):
+            continue
+        try:
+            fresh = now - datetime.fromisoformat(signed) < RESIGN_AFTER
+        except (ValueError, TypeError):
+            fresh = False  # unreadable: sign again
+        if fresh or not _presigned(store):
+            continue
+        url = image_url(store, path)
+        studio.update_task_data(task_id, {**data, IMAGE_NAME: url, SIGNED_KEY: now.isoformat()})
+        done += 1
+    return done
+
+
 @review.command("push")
 @limit_options
 @project_option
@@ -146,6 +186,10 @@ def push(limit: int, audit: int | None, no_audit: bool, seed: int | None, projec
             tasks = [task_for(c, settings) for c in chosen]
         except TaskError as exc:
             raise click.ClickException(str(exc)) from exc
+        signed = datetime.now(UTC).isoformat()
+        for cand, task in zip(chosen, tasks, strict=True):
+            if _presigned(cand.store):
+                task["data"][SIGNED_KEY] = signed
         pushed = 0
         fresh: list[int] = []
         try:
@@ -162,7 +206,9 @@ def push(limit: int, audit: int | None, no_audit: bool, seed: int | None, projec
             where = f"{studio.where}/projects/{target.id}"
             # Images whose task is in the project already (a push cut short between Label
             # Studio's answer and catdog's commit) are recorded with that task, not sent again.
-            present = _already_sent(studio.image_tasks(target.id), chosen)
+            in_project = studio.image_tasks(target.id)
+            resigned = resign(studio, in_project)
+            present = _already_sent(in_project, chosen)
             again = [i for i, c in enumerate(chosen) if c.image_id in present]
             if again:
                 mark_pushed(
@@ -191,6 +237,8 @@ def push(limit: int, audit: int | None, no_audit: bool, seed: int | None, projec
             raise click.ClickException(f"{exc}{done}") from None
     reasons = by_reason([chosen[i] for i in fresh])
     found = f"; {len(again)} were there already and are recorded" if again else ""
+    if resigned:
+        found += f"; {resigned} image URLs signed again"
     click.echo(
         f"pushed {pushed} tasks ({reasons.get('doubtful', 0)} doubtful, "
         f"{reasons.get('audit', 0)} audit) to {'new ' if target.created else ''}project "
@@ -222,6 +270,7 @@ def pull(project: str) -> None:
                     "(`catdog review push` creates it)"
                 )
             classes = production_classes(session)
+            resigned = resign(studio, studio.image_tasks(int(found["id"])))
             with labeling_progress(console) as progress:
                 bar = progress.add_task("reading answers", total=None)
                 for tasks, looked, project_tasks in studio.answered(int(found["id"])):
@@ -235,7 +284,8 @@ def pull(project: str) -> None:
                     progress.update(bar, total=project_tasks, advance=looked)
         except (StudioError, LabelsError) as exc:
             raise click.ClickException(str(exc)) from None
-    click.echo(f"{project!r}: {total.line()}")
+    again = f"; {resigned} image URLs signed again" if resigned else ""
+    click.echo(f"{project!r}: {total.line()}{again}")
 
 
 def _add(total: RecordCounts, more: RecordCounts) -> None:

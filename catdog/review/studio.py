@@ -281,6 +281,10 @@ class LabelStudio:
             f"({response.status_code} for {url}): {why}"
         )
 
+    def update_task_data(self, task_id: int, data: dict[str, Any]) -> None:
+        """Replace a task's data (its image URL, say); annotations are untouched."""
+        self.request("PATCH", f"/api/tasks/{task_id}/", json={"data": data})
+
     def import_tasks(self, project_id: int, tasks: Sequence[dict[str, Any]]) -> list[int | None]:
         """Import tasks (with their predictions); their new ids, in order (None if not told)."""
         if not tasks:
