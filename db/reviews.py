@@ -81,12 +81,6 @@ def _rows(session: Session, table: type[_T], image_ids: Sequence[int]) -> list[_
     return out
 
 
-def reviewed_or_pending(session: Session) -> set[int]:
-    """Image ids never to send again: under review, or with a human label."""
-    pending = set(session.scalars(select(ReviewItem.image_id)))
-    return pending | set(session.scalars(select(HumanLabel.image_id)))
-
-
 def mark_pushed(
     session: Session,
     candidates: Sequence[Candidate],
