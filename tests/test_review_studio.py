@@ -490,3 +490,17 @@ def test_push_without_a_server_configured_says_what_to_set(
     env(label_studio_url="http://127.0.0.1:1")
     no_token = runner.invoke(main, ["review", "pull"])
     assert no_token.exit_code == 1 and "CATDOG_LABEL_STUDIO_TOKEN" in no_token.output
+
+
+def test_an_install_without_the_http_client_says_what_to_install(
+    sqlite_url: str, env: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+):
+    """The base install may lack requests: push and pull say which package is missing."""
+    env(database_url=sqlite_url, label_studio_url="http://127.0.0.1:1", label_studio_token="t0k3n")
+    monkeypatch.setitem(sys.modules, "requests", None)  # what an absent package looks like
+    for module in ("catdog.review.studio", "catdog.review.sync"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    for command in ("push", "pull"):
+        result = CliRunner().invoke(main, ["review", command])
+        assert result.exit_code == 1
+        assert "need the 'requests' package: pip install requests" in result.output

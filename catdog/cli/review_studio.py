@@ -40,7 +40,12 @@ project_option = click.option(
 
 def client(settings: Settings) -> LabelStudio:
     """A client for the configured server, or one line saying what to set."""
-    from catdog.review.studio import LabelStudio, StudioError
+    try:
+        from catdog.review.studio import LabelStudio, StudioError
+    except ModuleNotFoundError as exc:  # an install without the HTTP client
+        raise click.ClickException(
+            f"review push/pull need the {exc.name!r} package: pip install {exc.name}"
+        ) from exc
 
     if not settings.label_studio_url:
         raise click.ClickException(
@@ -81,13 +86,13 @@ def push(limit: int, audit: int | None, no_audit: bool, seed: int | None, projec
     Local images are served by Label Studio's local files (see docs/review.md); object
     store images by presigned URLs.
     """
+    settings = get_settings()
+    n_audit = audit_count(audit, no_audit)
+    studio = client(settings)
     from catdog.review import sync
     from catdog.review.studio import StudioError
     from catdog.review.tasks import TaskError, label_config, task_for
 
-    settings = get_settings()
-    n_audit = audit_count(audit, no_audit)
-    studio = client(settings)
     with sessions()() as session, studio:
         chosen = choose_or_fail(session, limit, n_audit, seed)
         if not chosen:
@@ -126,11 +131,11 @@ def pull(project: str) -> None:
     Pulling twice changes nothing; an annotation changed since updates the stored label.
     Skipped tasks and tasks with conflicting answers stay out of training.
     """
+    studio = client(get_settings())
     from catdog.review import sync
     from catdog.review.labels import LabelsError
     from catdog.review.studio import StudioError
 
-    studio = client(get_settings())
     with sessions()() as session, studio:
         try:
             found = studio.find_project(project)
