@@ -113,11 +113,13 @@ class InferenceContext:
         self.engine.dispose()
 
 
-#: Objects fetched by one call to a remote store (fsspec sends its requests concurrently).
-#: An object store answers in milliseconds, not microseconds: a batch's objects are fetched
-#: in groups ahead of the decode threads instead of one blocking GET per decode.
+#: Objects fetched by one call to a remote store, which sends them concurrently (S3 on its
+#: own pool, ``catdog.stores.READS_IN_FLIGHT`` GETs at a time; other fsspec stores as one
+#: batched call). An object store answers in milliseconds, not microseconds: a batch's
+#: objects are fetched in groups ahead of the decode threads instead of one blocking GET per
+#: decode, and a group is decoded as soon as its slowest object is in.
 FETCH_GROUP = 16
-#: Fetch calls in flight per process: with FETCH_GROUP, up to 64 requests outstanding.
+#: Fetch calls in flight per process: with FETCH_GROUP, up to 64 requests queued.
 FETCH_THREADS = 4
 
 
