@@ -54,7 +54,7 @@ def shift_dir(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name)
 
 
-def shift_rows(val_idx: Sequence[int]) -> np.ndarray:
+def shift_rows(val_idx: Sequence[int] | np.ndarray) -> np.ndarray:
     """The validation rows shifted: bench/robustness.py's choice of ``SHIFT_PHOTOS``."""
     picked = np.random.default_rng(0).choice(val_idx, SHIFT_PHOTOS, replace=False)
     return np.sort(picked)
@@ -137,8 +137,33 @@ def _summary(
     }
 
 
-def score_reference(args: argparse.Namespace) -> dict[str, Any]:
-    """The reference model's own row, scored like the experiments (it has no temperature)."""
+def _saved_probs(
+    model_file: Path, shifts_file: Path | None, images: datasets.LabeledImages, val_rows: np.ndarray
+) -> dict[str, np.ndarray]:
+    """A saved model's probabilities on the validation photos and (from its
+    ``bench/robustness.py --save-probs`` file) on the shifted photos."""
+    result = {
+        "photo": _reference(
+            model_file,
+            images.files([int(i) for i in val_rows]),
+            [images.labels[int(i)] for i in val_rows],
+        )
+    }
+    if shifts_file is not None:
+        rows = shift_rows(val_rows)
+        with np.load(shifts_file) as z:
+            if not np.array_equal(z["files"], np.array(images.files([int(i) for i in rows]))):
+                raise SystemExit(f"{shifts_file}: the shifts were made on other photos")
+            prefix = f"{model_file}|"
+            keys = [k for k in z.files if k.startswith(prefix)] or [k for k in z.files if "|" in k]
+            for key in keys:
+                result[key.split("|", 1)[1]] = z[key]
+    return result
+
+
+def score_saved(args: argparse.Namespace) -> dict[str, Any]:
+    """A saved model's row (``--model``, else the reference's own), scored like the
+    experiments; the hard slice is always the reference's."""
     from catdog.training.views import SHIFTS
 
     images = datasets.discover(args.data)
@@ -146,13 +171,18 @@ def score_reference(args: argparse.Namespace) -> dict[str, Any]:
     labels = np.asarray(images.labels)
     val_rows = np.asarray(val_idx)
     reference = _reference_probs(args, images, val_rows, shift_rows(val_idx))
-    shifts = {n: reference[n] for n in SHIFTS if n in reference and n != "unchanged"}
+    scored = reference
+    if args.model:
+        shifts_file = Path(args.model_shifts) if args.model_shifts else None
+        scored = _saved_probs(Path(args.model), shifts_file, images, val_rows)
+    shifts = {n: scored[n] for n in SHIFTS if n in scored and n != "unchanged"}
     truth = labels[shift_rows(val_idx)]
-    summary = _summary(reference["photo"], labels[val_rows], shifts, truth, images.classes)
+    summary = _summary(scored["photo"], labels[val_rows], shifts, truth, images.classes)
     hard, hits = 0, 0
-    for name, probs in {"photo": reference["photo"], **shifts}.items():
+    for name, probs in {"photo": scored["photo"], **shifts}.items():
         y = labels[val_rows] if name == "photo" else truth
-        mask = (probs.argmax(1) != y) | (probs.max(1) < UNSURE)
+        ref = reference[name]
+        mask = (ref.argmax(1) != y) | (ref.max(1) < UNSURE)
         hard += int(mask.sum())
         hits += int((probs.argmax(1) == y)[mask].sum())
     result = {
@@ -255,20 +285,8 @@ def _reference_probs(
     if saved.is_file():
         with np.load(saved) as z:
             return {k: z[k] for k in z.files}
-    result = {
-        "photo": _reference(
-            Path(args.reference),
-            images.files([int(i) for i in val_rows]),
-            [images.labels[int(i)] for i in val_rows],
-        )
-    }
-    if args.reference_shifts:
-        with np.load(args.reference_shifts) as z:
-            for key in z.files:
-                if "|" in key:
-                    result[key.split("|", 1)[1]] = z[key]
-            if not np.array_equal(z["files"], np.array(images.files([int(i) for i in rows]))):
-                raise SystemExit("the reference shifts were made on other photos")
+    shifts_file = Path(args.reference_shifts) if args.reference_shifts else None
+    result = _saved_probs(Path(args.reference), shifts_file, images, val_rows)
     np.savez(saved, **result)  # type: ignore[arg-type]
     return result
 
@@ -314,6 +332,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     c.add_argument("--shifts", action="store_true", help="also the shifted validation photos")
     f = sub.choices["reference"]
     f.add_argument("--name", default="reference (old default)")
+    f.add_argument("--model", help="score this saved model instead (hard slice: reference's)")
+    f.add_argument("--model-shifts", help="its bench/robustness.py --save-probs file")
     f.add_argument("--reference", required=True)
     f.add_argument("--reference-shifts")
     f.add_argument("--out", default="training/results/experiments.jsonl")
@@ -331,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         lines = Path(args.out).read_text().splitlines()
         print(table([json.loads(line) for line in lines if line.strip()]), end="")
     elif args.command == "reference":
-        score_reference(args)
+        score_saved(args)
     elif args.command == "cache":
         cache(args)
     else:

@@ -227,7 +227,7 @@ def fit(
         history.append({k: round(float(v[-1]), 5) for k, v in fitted.history.items()})
         print(f"epoch {epoch + 1}/{epochs}", history[-1], flush=True)
         if epoch >= epochs - average_last:
-            kept.append([np.array(w) for w in model.trainable_weights])
+            kept.append([keras.ops.convert_to_numpy(w) for w in model.trainable_weights])
     if len(kept) > 1:
         for variable, *values in zip(model.trainable_weights, *kept, strict=True):
             variable.assign(np.mean(values, axis=0))
