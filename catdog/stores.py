@@ -246,6 +246,7 @@ class FsspecStore:
                 "configuration (for S3: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or "
                 "an instance role)"
             )
+        _quiet_query_strings()
         self.root = url.rstrip("/")
         self.fs, path = fsspec.core.url_to_fs(self.root)
         self._path = path.rstrip("/")
@@ -540,12 +541,25 @@ class _NoQueryString(logging.Filter):
         return True
 
 
+#: Loggers whose DEBUG records print request headers and signing input (session token,
+#: signature): they keep to warnings even when the process logs at DEBUG (``catdog -vv``).
+SIGNING_LOGGERS = (
+    "botocore.auth",
+    "botocore.endpoint",
+    "botocore.httpsession",
+    "aiobotocore.endpoint",
+    "aiobotocore.httpsession",
+)
+
+
 @lru_cache(maxsize=1)
 def _quiet_query_strings() -> None:
     # Its retry warnings and request log carry the URL (logger filters see only their own
     # records, not those of child loggers: each one that logs a URL gets the filter).
     for name in ("urllib3.connectionpool", "urllib3.util.retry"):
         logging.getLogger(name).addFilter(_NoQueryString())
+    for name in SIGNING_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _checked_object(data: object, max_bytes: int) -> bytes | ImageError:

@@ -562,3 +562,23 @@ def test_a_read_the_signed_get_cannot_settle_fails_alone_or_goes_through_s3fs(
     signed = [r for r in answers.requests if "Signature=" in r]
     assert len(signed) == (1 if through_s3fs else 4)  # 503: the first try and three retries
     assert (len(answers.requests) > len(signed)) == through_s3fs
+
+
+def test_debug_logging_never_shows_the_session_token_or_signature(
+    s3: S3Server, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With -vv every logger is at DEBUG, botocore's too: its request and signing logs carry
+    the session token and signature headers, so they stay at INFO."""
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "session-token-never-logged")
+    forget_remote_stores()
+    put("photos/y.jpg", _jpeg(2))
+    caplog.set_level(logging.DEBUG)
+    store = open_store(f"s3://{BUCKET}/photos")
+    assert "y.jpg" in [e.path for e in store.walk()]
+    store.fs.info(f"{BUCKET}/photos/y.jpg")  # a plain s3fs/botocore request
+    # werkzeug's records are the test server's access log, not catdog's.
+    ours = [r for r in caplog.records if not r.name.startswith("werkzeug")]
+    logged = "\n".join(r.getMessage() for r in ours)
+    assert any(r.levelno == logging.DEBUG for r in ours), "nothing was logged at DEBUG"
+    assert "session-token-never-logged" not in logged
+    assert "Signature=" not in logged and "X-Amz-Security-Token" not in logged
