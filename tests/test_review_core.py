@@ -387,3 +387,19 @@ def test_answers_across_lookup_chunks_are_all_stored_once(db: Session):
     assert save_answers(db, [Answer(i, "cat", "labeled") for i in ids], "file").unchanged == len(
         ids
     )
+
+
+def test_an_answer_for_another_databases_image_with_the_same_id_is_not_stored(db: Session):
+    """Two catdog databases sharing a Label Studio project number their images alike: a task
+    names its store and path, and an answer whose image here is another file is left out."""
+    ids = list(seed(db, {"cat": [0.6, 0.7]}))
+    here = {i.id: i for i in db.scalars(select(Image))}
+    ours = ls_task(ids[0], ann("dog"), task_id=1)
+    ours["data"] |= {"catdog_store": here[ids[0]].store, "catdog_path": here[ids[0]].path}
+    theirs = ls_task(ids[1], ann("dog"), task_id=2)
+    theirs["data"] |= {"catdog_store": "/other/archive", "catdog_path": here[ids[1]].path}
+    counts = record(db, [ours, theirs], "file", classes=["cat", "dog"])
+    db.commit()
+    assert (counts.created, counts.unknown) == (1, 1)
+    assert "does not have" in counts.line()
+    assert {h.image_id for h in db.scalars(select(HumanLabel))} == {ids[0]}

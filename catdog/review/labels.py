@@ -28,6 +28,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from catdog.db.queries import image_locations
 from catdog.db.reviews import Answer, save_answers
 from catdog.review.tasks import CHOICES_NAME
 
@@ -124,6 +125,14 @@ def _image_id(task: dict[str, Any]) -> int | None:
     return None
 
 
+def _location(task: dict[str, Any]) -> tuple[str, str] | None:
+    """The (store, path) a catdog task names, or None for tasks made before it named them."""
+    data = task.get("data")
+    store = data.get("catdog_store") if isinstance(data, dict) else None
+    path = data.get("catdog_path") if isinstance(data, dict) else None
+    return (store, path) if isinstance(store, str) and isinstance(path, str) else None
+
+
 def _task_id(task: dict[str, Any]) -> int | None:
     value = task.get("id")
     return value if isinstance(value, int) and not isinstance(value, bool) else None
@@ -180,6 +189,7 @@ def record(
         raise LabelsError("a Label Studio JSON export is a list of tasks")
     counts = RecordCounts(tasks=len(exported_tasks))
     answers: dict[int, Answer] = {}
+    named: dict[int, tuple[str, str]] = {}
     for task in exported_tasks:
         if not isinstance(task, dict):
             raise LabelsError("a Label Studio JSON export is a list of tasks (objects)")
@@ -191,12 +201,21 @@ def record(
             counts.unanswered += 1
             continue
         answers[answer.image_id] = answer  # a task listed twice: the later one wins
+        location = _location(task)
+        if location is not None:
+            named[answer.image_id] = location
         setattr(counts, answer.outcome, getattr(counts, answer.outcome) + 1)
         if answer.label is not None and classes is not None and answer.label not in classes:
             counts.other_labels[answer.label] = counts.other_labels.get(answer.label, 0) + 1
+    # Another catdog database sharing the project numbers its images alike: an answer for a
+    # task naming another file than this database's image of that id is not ours.
+    here = image_locations(session, list(named))
+    theirs = [i for i, location in named.items() if here.get(i, location) != location]
+    for image_id in theirs:
+        del answers[image_id]
     saved = save_answers(session, list(answers.values()), source)
     counts.created, counts.updated = saved.created, saved.updated
-    counts.unchanged, counts.unknown = saved.unchanged, saved.unknown
+    counts.unchanged, counts.unknown = saved.unchanged, saved.unknown + len(theirs)
     return counts
 
 
