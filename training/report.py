@@ -152,9 +152,9 @@ def plot_reliability(
     for name, probs in series.items():
         confidence = probs.max(axis=1)
         correct = probs.argmax(axis=1) == y_true
-        low = min(low, float(confidence.min()))
         rows = reliability_bins(correct, confidence)
         x, acc, n = (np.array(v) for v in zip(*rows, strict=True))
+        low = min(low, float(confidence.min()), float(acc.min()))
         ece = expected_calibration_error(correct, confidence)
         ax.plot(x, acc, "o-", label=f"{name} (ECE {ece:.4f})", markersize=3)
         ax.scatter(x, acc, s=4 + 60 * n / n.max(), alpha=0.4)
