@@ -37,6 +37,7 @@ from catdog.training.transfer import (
     VALIDATION_FRACTION,
     apply_temperature,
     cache_path,
+    decodable_rows,
     extract,
     fit_on_cache,
     fit_temperature,
@@ -211,9 +212,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     root = cache_path(Path(args.cache_dir), args.arch, datasets.fingerprint(images), args.size, 0)
     _, front, tail = split_backbone(args.size, args.arch)
     cached = {v: extract(front, images.files(), args.size, v, args.seed, root) for v in args.views}
-    ok = np.logical_and.reduce([good for _, good in cached.values()])
-    train_rows = np.array([i for i in train_idx if ok[i]])
-    val_rows = np.array([i for i in val_idx if ok[i]])
+    train_rows, val_rows = decodable_rows(cached, train_idx, val_idx)
     rows = shift_rows(val_idx)
     shift_files = {n: root / "shifts" / shift_dir(n) / f"{n}.npy" for n in SHIFTS}
     shifted = {n: np.load(f, mmap_mode="r") for n, f in shift_files.items() if f.is_file()}

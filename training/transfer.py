@@ -331,6 +331,16 @@ def fit_on_cache(
     return (lambda a: predict_cached(final, a)), dense, history
 
 
+def decodable_rows(
+    cached: dict[str, tuple[np.ndarray, np.ndarray]],
+    train_idx: Sequence[int],
+    val_idx: Sequence[int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The train and validation rows whose every cached view decoded."""
+    ok = np.logical_and.reduce([good for _, good in cached.values()])
+    return np.array([i for i in train_idx if ok[i]]), np.array([i for i in val_idx if ok[i]])
+
+
 def cache_path(root: Path, arch: str, fingerprint: str, size: int, seed: int) -> Path:
     """Where one backbone's activations of one data set are cached."""
     # Lite0 keeps the name its caches always had.
@@ -374,9 +384,7 @@ def train(
     cache = cache_path(Path(cache_root or cache_dir()), arch, fingerprint, size, seed)
     cached = {view: extract(front, files, size, view, seed, cache) for view in views}
     extracted = time.perf_counter()
-    ok = np.logical_and.reduce([good for _, good in cached.values()])
-    train_rows = np.array([i for i in train_idx if ok[i]])
-    val_rows = np.array([i for i in val_idx if ok[i]])
+    train_rows, val_rows = decodable_rows(cached, train_idx, val_idx)
     probs_of, dense, history = fit_on_cache(
         tail,
         {v: c[0] for v, c in cached.items()},
