@@ -1,6 +1,6 @@
 """Labeling from an S3-protocol server against the same files on local disk, side by side.
 
-    .venv/bin/python bench/stores.py --images 2000 [--objects 100000] [--cluster]
+    .venv/bin/python bench/stores.py --images 2000 [--objects 100000] [--cluster] [--pin]
 
 Starts moto's S3 server (``moto_server``) on a free loopback port as its own process, puts
 real photos from ../shared/data/catsdogs-train in a bucket and in a local folder, and runs
@@ -10,7 +10,10 @@ Then puts ``--objects`` small objects under another prefix and times a first and
 registration of it (the second lists and registers only: nothing changed). Each run also
 records the CPU seconds spent by catdog's processes (client) and by the S3 server, per
 image or object, and the load average: moto is Python on the same cores, so its share says
-how much of a gap the server alone explains. Writes bench/results/stores.json.
+how much of a gap the server alone explains. ``--pin`` gives the S3 server a CPU of its own
+and every catdog process (local and S3 runs alike) the others, as when the store is another
+machine: the comparison is then of what catdog itself spends on a remote read. Writes
+bench/results/stores.json.
 """
 
 from __future__ import annotations
@@ -42,14 +45,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_s3(log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """moto's S3 server in a process of its own, and its URL."""
+def start_s3(log: Path, cpus: set[int] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """moto's S3 server in a process of its own (on ``cpus`` where given), and its URL."""
     port = free_port()
     server = Path(sys.executable).parent / "moto_server"
     proc = subprocess.Popen(
         [str(server), "-H", "127.0.0.1", "-p", str(port)],
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,  # noqa: PLW1509
     )
     url = f"http://127.0.0.1:{port}"
     for _ in range(100):
@@ -160,6 +164,11 @@ def main() -> None:
     p.add_argument("--objects", type=int, default=100_000)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--cluster", action="store_true")
+    p.add_argument(
+        "--pin",
+        action="store_true",
+        help="the S3 server on the last CPU, catdog on the others (a store on another host)",
+    )
     p.add_argument("--model", type=Path, default=None, help="default: the bundled model")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results/stores.json")
     args = p.parse_args()
@@ -170,7 +179,11 @@ def main() -> None:
 
     model = args.model or BUNDLED_MODEL
     tmp = Path(tempfile.mkdtemp(prefix="catdog-bench-stores-"))
-    proc, url = start_s3(tmp / "moto.log")
+    cpus = sorted(os.sched_getaffinity(0))
+    pinned = args.pin and len(cpus) > 1
+    proc, url = start_s3(tmp / "moto.log", {cpus[-1]} if pinned else None)
+    if pinned:
+        os.sched_setaffinity(0, set(cpus[:-1]))  # inherited by every catdog process started
     os.environ.update(
         AWS_ENDPOINT_URL=url,
         AWS_ACCESS_KEY_ID="bench",
@@ -206,6 +219,7 @@ def main() -> None:
         result: dict[str, object] = {
             "images": args.images,
             "model": str(model),
+            "pinned": {"server_cpus": cpus[-1:], "catdog_cpus": cpus[:-1]} if pinned else None,
             "embedded": runs,
         }
         rate = {k: [r["images_per_s"] for r in v] for k, v in runs.items()}

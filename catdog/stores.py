@@ -25,6 +25,7 @@ import os
 import posixpath
 import re
 import stat
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -373,11 +374,12 @@ SIGNED_FOR_S = 900
 
 
 class SignedS3:
-    """S3 reads and listings as GETs of presigned URLs on a plain urllib3 connection pool.
+    """S3 reads and listings as signed GETs on a plain urllib3 connection pool.
 
     A GET through s3fs costs the client about 1.65 ms of CPU (aiobotocore signs the request,
-    runs its event hooks and parses the response); a URL presigned by botocore and fetched
-    with urllib3 reads the same bytes for about 0.8 ms. The client is configured like the
+    runs its event hooks and parses the response); a presigned URL fetched with urllib3
+    reads the same bytes for about 0.9 ms, a GET signed in its headers by botocore's SigV4
+    signer for about 0.65 ms. The client is configured like the
     s3fs one (credentials from the same places, ``AWS_ENDPOINT_URL``). Plain answers are
     settled here: an object that is there or is not, a lost connection or a server error
     after retries. Anything else (a redirect to another region, a refused signature) is left
@@ -390,6 +392,7 @@ class SignedS3:
         import urllib3
         from botocore import UNSIGNED
         from botocore.config import Config
+        from botocore.credentials import Credentials
 
         kwargs = dict(getattr(fs, "client_kwargs", {}) or {})
         for name, attr in (
@@ -413,6 +416,23 @@ class SignedS3:
             config["signature_version"] = UNSIGNED
         session = botocore.session.Session()
         self._client = session.create_client("s3", config=Config(**config), **kwargs)
+        # Object GETs are signed in their headers (SigV4), at the address the client itself
+        # gives each bucket (path or virtual-host style, the endpoint's region): a presigned
+        # URL costs the client's whole endpoint resolution per object and a long URL for
+        # urllib3 to parse, about 0.25 ms of the 0.9 ms a GET cost.
+        self._header_signed = config["signature_version"] == "s3v4"
+        self._credentials = (
+            Credentials(
+                kwargs["aws_access_key_id"],
+                kwargs["aws_secret_access_key"],
+                kwargs.get("aws_session_token"),
+            )
+            if kwargs.get("aws_access_key_id") and kwargs.get("aws_secret_access_key")
+            else session.get_credentials()
+        )
+        self._region = self._client.meta.region_name
+        self._bases: dict[str, str | None] = {}
+        self._bases_lock = threading.Lock()
         self._http = urllib3.PoolManager(
             maxsize=READS_IN_FLIGHT,
             retries=urllib3.Retry(
@@ -461,23 +481,48 @@ class SignedS3:
         """Each object's bytes (at most ``max_bytes`` + 1), an error, or None: ask s3fs."""
         return list(self._pool.map(lambda p: self._get(p, max_bytes), paths))
 
+    def _base(self, bucket: str) -> str | None:
+        """The URL a bucket's objects are addressed under (once per bucket), or None."""
+        with self._bases_lock:
+            if bucket not in self._bases:
+                probe = "catdog-address-probe"
+                url = self._client.generate_presigned_url(
+                    "get_object", Params={"Bucket": bucket, "Key": probe}, ExpiresIn=60
+                ).split("?", 1)[0]
+                self._bases[bucket] = url[: -len(probe)] if url.endswith("/" + probe) else None
+            return self._bases[bucket]
+
+    def _request(self, bucket: str, key: str, max_bytes: int) -> tuple[str, dict[str, str]]:
+        """The URL and headers of one bounded object GET, signed."""
+        from botocore.auth import S3SigV4Auth
+        from botocore.awsrequest import AWSRequest
+
+        headers = {"Range": f"bytes=0-{max_bytes}"}
+        base = self._base(bucket) if self._header_signed else None
+        if base is None:
+            url = self._client.generate_presigned_url(
+                "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=SIGNED_FOR_S
+            )
+            return url, headers
+        url = base + quote(key, safe="/~")
+        credentials = self._credentials
+        if credentials is None:
+            raise LookupError("no credentials")  # s3fs reads it, or says what is missing
+        request = AWSRequest(method="GET", url=url, headers=headers)
+        S3SigV4Auth(credentials.get_frozen_credentials(), "s3", self._region).add_auth(request)
+        return url, dict(request.headers.items())
+
     def _get(self, path: str, max_bytes: int) -> object:
         import urllib3
 
         bucket, _, key = path.partition("/")
         try:
-            url = self._client.generate_presigned_url(
-                "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=SIGNED_FOR_S
-            )
+            url, headers = self._request(bucket, key, max_bytes)
             answer = self._http.request(
-                "GET",
-                url,
-                headers={"Range": f"bytes=0-{max_bytes}"},
-                preload_content=False,
-                redirect=False,
+                "GET", url, headers=headers, preload_content=False, redirect=False
             )
         except urllib3.exceptions.HTTPError as exc:
-            # Never the exception's text: it holds the signed URL.
+            # Never the exception's text: it may hold a signed URL.
             return ConnectionError(type(exc).__name__)
         except Exception:  # noqa: BLE001 - no credentials, an odd key: s3fs says what it is
             return None
