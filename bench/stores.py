@@ -110,7 +110,7 @@ def listing(prefix_url: str, tmp: Path, server: int) -> dict[str, float]:
     The first scan's batches get a stored result at once (a failure row, no model): the
     second scan then sees an unchanged, fully labeled bucket, as a real second scan would.
     The second scan's listing alone (its walk) is timed too, with this process's and the
-    server's CPU seconds.
+    server's CPU seconds: folder by folder as catdog lists, and as one chain of pages.
     """
     from catdog.db.engine import make_engine, session_factory
     from catdog.db.migrate import upgrade
@@ -144,16 +144,23 @@ def listing(prefix_url: str, tmp: Path, server: int) -> dict[str, float]:
         out[f"{name}_queued"] = summary.queued
         out[f"{name}_client_cpu_s"] = round(time.process_time() - client0, 2)
         out[f"{name}_server_cpu_s"] = round(process_cpu(server) - server0, 2)
-    client0, server0 = time.process_time(), process_cpu(server)
-    t0 = time.perf_counter()
-    listed = sum(1 for _ in scan_store(prefix_url).walk())
-    out["listing_only_seconds"] = round(time.perf_counter() - t0, 2)
-    out["listing_only_client_cpu_us_per_object"] = round(
-        1e6 * (time.process_time() - client0) / listed, 1
-    )
-    out["listing_only_server_cpu_us_per_object"] = round(
-        1e6 * (process_cpu(server) - server0) / listed, 1
-    )
+    from catdog import stores
+
+    default = stores.FOLDER_LISTINGS
+    for mode, folders in (("listing_only", default), ("listing_one_chain", 0)):
+        stores.FOLDER_LISTINGS = folders  # 0: the prefix as one chain of pages
+        stores.forget_remote_stores()
+        client0, server0 = time.process_time(), process_cpu(server)
+        t0 = time.perf_counter()
+        listed = sum(1 for _ in scan_store(prefix_url).walk())
+        out[f"{mode}_seconds"] = round(time.perf_counter() - t0, 2)
+        out[f"{mode}_client_cpu_us_per_object"] = round(
+            1e6 * (time.process_time() - client0) / listed, 1
+        )
+        out[f"{mode}_server_cpu_us_per_object"] = round(
+            1e6 * (process_cpu(server) - server0) / listed, 1
+        )
+    stores.FOLDER_LISTINGS = default
     engine.dispose()
     return out
 

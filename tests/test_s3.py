@@ -374,8 +374,43 @@ def test_the_listing_gives_each_object_its_etag_and_pages_through_a_large_prefix
     for i, name in enumerate(names):
         assert listed[name].version == hashlib.md5(_jpeg(i)).hexdigest()
         assert listed[name].size == len(_jpeg(i))
-    pages = [r for r in s3.requests if "list-type=2" in r]
-    assert len(pages) == 3  # 8 keys, 3 a page: the plain listing, not s3fs's 1,000-key pages
+    # The top level (5 objects, folders ü/ and x/: 7 entries) in 3 pages of 3, then each
+    # folder: the plain listing, not s3fs's 1,000-key pages.
+    assert _listings(s3) == [("photos/", True)] * 3 + [("photos/x/", False), ("photos/ü/", False)]
+
+
+def _listings(s3: S3Server) -> list[tuple[str, bool]]:
+    """(prefix, one level only) of each listing request the server answered, in order of
+    prefix (folders are listed at once, in no fixed order)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    out = []
+    for line in s3.requests:
+        if "list-type=2" in line:
+            query = parse_qs(urlsplit(line.split('"GET ', 1)[1].split()[0]).query)
+            out.append((query["prefix"][0], "delimiter" in query))
+    return sorted(out, key=lambda p: p[0])
+
+
+@pytest.mark.parametrize("folder_listings", [256, 2])
+def test_a_prefix_is_listed_folder_by_folder_at_once(
+    s3: S3Server, monkeypatch: pytest.MonkeyPatch, folder_listings: int
+) -> None:
+    """Down a chain of single folders to where the prefix branches, then each folder as its
+    own listing; more folders than FOLDER_LISTINGS: that level as one listing."""
+    monkeypatch.setattr(stores, "FOLDER_LISTINGS", folder_listings)
+    names = ["top.jpg", "2024/x.jpg", "2024/01/a.jpg", "2024/01/b.jpg", "2024/02/c.jpg"]
+    names += ["2024/03/d/e.jpg"]
+    for i, name in enumerate(names):
+        put(f"photos/{name}", _jpeg(i))
+    put("other/2024/01/z.jpg", _jpeg(9))
+    assert sorted(_listed(f"s3://{BUCKET}/photos")) == sorted(names)
+    top = [("photos/", True), ("photos/2024/", True)]
+    if folder_listings == 2:
+        assert _listings(s3) == top + [("photos/2024/", False)]
+    else:
+        folders = [(f"photos/2024/0{i}/", False) for i in (1, 2, 3)]
+        assert _listings(s3) == top + folders
 
 
 def test_odd_key_names_are_read_by_the_signed_gets_not_handed_to_s3fs(
