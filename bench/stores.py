@@ -172,6 +172,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--cluster", action="store_true")
     p.add_argument(
+        "--worker-concurrency", type=int, default=1, help="catdog worker -c N for --cluster"
+    )
+    p.add_argument(
         "--pin",
         action="store_true",
         help="the S3 server on the last CPU, catdog on the others (a store on another host)",
@@ -226,6 +229,7 @@ def main() -> None:
         result: dict[str, object] = {
             "images": args.images,
             "model": str(model),
+            "worker_concurrency": args.worker_concurrency,
             "pinned": {"server_cpus": cpus[-1:], "catdog_cpus": cpus[:-1]} if pinned else None,
             "embedded": runs,
         }
@@ -238,20 +242,28 @@ def main() -> None:
             warm.mkdir()
             for f in files[:64]:
                 shutil.copy(f, warm / f"{f.parent.name}.{f.name}")
-            clus = {}
-            for kind, root in (("local", str(local)), ("s3", s3_root)):
-                run_tmp = tmp / f"cluster-{kind}"
-                run_tmp.mkdir()
-                clus[kind] = with_cpu(
-                    proc.pid,
-                    len(files),
-                    lambda root=root, run_tmp=run_tmp: cluster(root, warm, model, run_tmp),  # type: ignore[misc]
-                )
-                print("cluster", kind, f"{clus[kind]['images_per_s']:.1f} img/s", flush=True)
+            clus: dict[str, list[dict[str, float]]] = {"local": [], "s3": []}
+            for i in range(args.repeats):
+                for kind, root in (("local", str(local)), ("s3", s3_root)):
+                    run_tmp = tmp / f"cluster-{kind}-{i}"
+                    run_tmp.mkdir()
+                    clus[kind].append(
+                        with_cpu(
+                            proc.pid,
+                            len(files),
+                            lambda root=root, run_tmp=run_tmp: cluster(  # type: ignore[misc]
+                                root, warm, model, run_tmp, ["-c", str(args.worker_concurrency)]
+                            ),
+                        )
+                    )
+                    print(
+                        "cluster", kind, f"{clus[kind][-1]['images_per_s']:.1f} img/s", flush=True
+                    )
             result["cluster"] = clus
-            result["cluster_s3_over_local"] = round(
-                clus["s3"]["images_per_s"] / clus["local"]["images_per_s"], 3
-            )
+            result["cluster_s3_over_local"] = [
+                round(s["images_per_s"] / loc["images_per_s"], 3)
+                for s, loc in zip(clus["s3"], clus["local"], strict=True)
+            ]
         if args.objects:
             tiny = b"\xff\xd8\xff" + b"x" * 61
             upload(

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -124,8 +125,11 @@ def embedded(corpus: Path, model_file: Path, tmp: Path) -> dict[str, float]:
     }
 
 
-def cluster(corpus: Path, warm: Path, model_file: Path, tmp: Path) -> dict[str, float]:
-    """`catdog scan --wait` with one warm worker through Redis into PostgreSQL."""
+def cluster(
+    corpus: Path, warm: Path, model_file: Path, tmp: Path, worker_args: Sequence[str] = ()
+) -> dict[str, float]:
+    """`catdog scan --wait` with one warm worker (started with ``worker_args`` added, e.g.
+    ``["-c", "2"]``) through Redis into PostgreSQL."""
     import redis
 
     redis.Redis.from_url(REDIS).flushdb()
@@ -139,7 +143,8 @@ def cluster(corpus: Path, warm: Path, model_file: Path, tmp: Path) -> dict[str, 
     subprocess.run(
         [sys.executable, "-m", "catdog", "db", "upgrade"], env=env, check=True, capture_output=True
     )
-    worker = start_worker(env, tmp / "worker.log")
+    argv = [sys.executable, "-m", "catdog", "worker", "-n", f"bench-{os.getpid()}@%h"]
+    worker = start_worker(env, tmp / "worker.log", [*argv, *worker_args])
     try:
         # Warm-up run: the worker loads the model on its first batch, as in production.
         subprocess.run(

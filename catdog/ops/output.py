@@ -28,7 +28,7 @@ from typing import IO, TYPE_CHECKING
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from catdog.db.models import Image, Prediction, ScanRun
+    from catdog.db.models import Image, Prediction
 
 #: A writer prints records (mappings of column to value; a missing key is an empty cell)
 #: under ``columns`` to ``out`` and returns how many it wrote.
@@ -285,25 +285,6 @@ def rows_for(
         for image, pred, version, human in session.execute(stmt):
             rows.append(_row(image, pred, version, human, threshold))
     return sorted(rows, key=lambda r: r.path)
-
-
-def run_record(run: ScanRun) -> dict[str, object]:
-    """One scan run's progress under ``RUN_COLUMNS`` (rate in images per second)."""
-    from catdog.ops.status import rate_and_eta
-
-    rate, eta = rate_and_eta(run)
-    state = "finished" if run.finished else ("labeling" if run.enqueued else "scanning")
-    return {
-        "run": run.id,
-        "root": run.root,
-        "state": state,
-        "done": run.done,
-        "failed": run.failed,
-        "pending": max(run.total - run.done - run.failed, 0),
-        "skipped": run.skipped,
-        "rate": round(rate, 2),
-        "eta_s": None if eta is None else round(eta),
-    }
 
 
 def record(row: Row, columns: Sequence[str]) -> dict[str, object]:
