@@ -212,20 +212,28 @@ def main() -> None:
             shutil.copy(f, local / name)
             items.append((f"photos/{name}", f.read_bytes()))
         upload(client, items)
-        s3_root = f"s3://{BUCKET}/photos"
-        runs: dict[str, list[dict[str, float]]] = {"local": [], "s3": []}
-        for i in range(args.repeats):
-            for kind, root in (("local", str(local)), ("s3", s3_root)):
-                run_tmp = tmp / f"{kind}-{i}"
-                run_tmp.mkdir()
-                runs[kind].append(
-                    with_cpu(
-                        proc.pid,
-                        len(files),
-                        lambda root=root, run_tmp=run_tmp: embedded(root, model, run_tmp),  # type: ignore[misc]
+        roots = {"local": str(local), "s3": f"s3://{BUCKET}/photos"}
+
+        def alternate(
+            mode: str, run: Callable[[str, Path], dict[str, float]]
+        ) -> tuple[dict[str, list[dict[str, float]]], list[float]]:
+            """``run`` on local disk and S3 in turn, ``--repeats`` times; S3 / local rates."""
+            out: dict[str, list[dict[str, float]]] = {"local": [], "s3": []}
+            for i in range(args.repeats):
+                for kind, root in roots.items():
+                    run_tmp = tmp / f"{mode}-{kind}-{i}"
+                    run_tmp.mkdir()
+                    out[kind].append(
+                        with_cpu(proc.pid, len(files), lambda r=root, t=run_tmp: run(r, t))  # type: ignore[misc]
                     )
-                )
-                print(kind, f"{runs[kind][-1]['images_per_s']:.1f} img/s", flush=True)
+                    print(mode, kind, f"{out[kind][-1]['images_per_s']:.1f} img/s", flush=True)
+            ratios = [
+                round(s["images_per_s"] / loc["images_per_s"], 3)
+                for s, loc in zip(out["s3"], out["local"], strict=True)
+            ]
+            return out, ratios
+
+        runs, ratios = alternate("embedded", lambda root, t: embedded(root, model, t))
         result: dict[str, object] = {
             "images": args.images,
             "model": str(model),
@@ -233,37 +241,18 @@ def main() -> None:
             "pinned": {"server_cpus": cpus[-1:], "catdog_cpus": cpus[:-1]} if pinned else None,
             "embedded": runs,
         }
-        rate = {k: [r["images_per_s"] for r in v] for k, v in runs.items()}
-        result["embedded_s3_over_local"] = [
-            round(s / loc, 3) for s, loc in zip(rate["s3"], rate["local"], strict=True)
-        ]
+        result["embedded_s3_over_local"] = ratios
         if args.cluster:
             warm = tmp / "warm"
             warm.mkdir()
             for f in files[:64]:
                 shutil.copy(f, warm / f"{f.parent.name}.{f.name}")
-            clus: dict[str, list[dict[str, float]]] = {"local": [], "s3": []}
-            for i in range(args.repeats):
-                for kind, root in (("local", str(local)), ("s3", s3_root)):
-                    run_tmp = tmp / f"cluster-{kind}-{i}"
-                    run_tmp.mkdir()
-                    clus[kind].append(
-                        with_cpu(
-                            proc.pid,
-                            len(files),
-                            lambda root=root, run_tmp=run_tmp: cluster(  # type: ignore[misc]
-                                root, warm, model, run_tmp, ["-c", str(args.worker_concurrency)]
-                            ),
-                        )
-                    )
-                    print(
-                        "cluster", kind, f"{clus[kind][-1]['images_per_s']:.1f} img/s", flush=True
-                    )
+            worker_args = ["-c", str(args.worker_concurrency)]
+            clus, ratios = alternate(
+                "cluster", lambda root, t: cluster(root, warm, model, t, worker_args)
+            )
             result["cluster"] = clus
-            result["cluster_s3_over_local"] = [
-                round(s["images_per_s"] / loc["images_per_s"], 3)
-                for s, loc in zip(clus["s3"], clus["local"], strict=True)
-            ]
+            result["cluster_s3_over_local"] = ratios
         if args.objects:
             tiny = b"\xff\xd8\xff" + b"x" * 61
             upload(
