@@ -176,6 +176,25 @@ def test_the_training_task_is_registered_under_its_stable_name() -> None:
     assert app.conf.task_routes["catdog.train"] == {"queue": "training"}
 
 
+def test_feature_extraction_shows_its_progress_as_lines_in_a_log_file() -> None:
+    """Redirected to a file, rich's bar prints nothing until it ends (25 minutes of feature
+    extraction on the full photo set): a line at every tenth of the batches instead."""
+    import io
+
+    from rich.console import Console
+
+    from catdog.training import transfer
+
+    log = io.StringIO()
+    seen = list(transfer.steps_shown(iter(range(25)), 25, "  crop 224px", Console(file=log)))
+    assert seen == list(range(25))
+    lines = log.getvalue().splitlines()
+    assert [line.split(" batches")[0] for line in lines] == [
+        f"crop 224px: {n}/25" for n in [*range(2, 25, 2), 25]
+    ]
+    assert lines[-1].endswith("about 0 s left")
+
+
 @pytest.fixture(scope="module")
 def transfer_run(blob_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The real ``training.transfer.train`` on the blobs: ImageNet Lite0, 64 px, one tuning epoch.

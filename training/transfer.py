@@ -25,12 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+from rich.console import Console
 from rich.progress import track
 
 from catdog.images import ImageError
@@ -38,6 +39,8 @@ from catdog.training import datasets
 from catdog.training.evaluate import compute_metrics, evaluate_on
 from catdog.training.tflite import export_tflite
 from catdog.training.views import file_pixels
+
+T = TypeVar("T")
 
 #: Views cached by default and trained on (see ``training.views``): the photo and the
 #: strongly augmented crop (random framing, colour, blur and JPEG quality, flipped half the
@@ -88,6 +91,30 @@ def _batches(
             yield batch
 
 
+def steps_shown(
+    items: Iterable[T], total: int, description: str, console: Console | None = None
+) -> Iterator[T]:
+    """``items`` with their progress shown: rich's bar on a terminal; in a log file (``nohup
+    catdog train ... > train.log``), where a bar shows nothing until it ends, a line at every
+    tenth of the work with the time spent and left."""
+    console = console or Console()
+    if console.is_terminal:
+        yield from track(items, total=total, description=description, console=console)
+        return
+    started = time.monotonic()
+    every = max(1, total // 10)
+    for done, item in enumerate(items, 1):
+        yield item
+        if done % every == 0 or done == total:
+            spent = time.monotonic() - started
+            left = spent / done * max(total - done, 0)
+            console.print(
+                f"{description.strip()}: {done}/{total} batches, {spent:.0f} s, "
+                f"about {left:.0f} s left",
+                highlight=False,
+            )
+
+
 def extract(
     model: Any, files: Sequence[str], size: int, view: str, seed: int, cache: Path
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -104,7 +131,7 @@ def extract(
     steps = (len(files) + BATCH - 1) // BATCH
     for start, (pixels, good) in zip(
         range(0, len(files), BATCH),
-        track(_batches(files, size, view, seed), total=steps, description=f"{view:>6} {size}px"),
+        steps_shown(_batches(files, size, view, seed), steps, f"{view:>6} {size}px"),
         strict=True,
     ):
         features[start : start + len(pixels)] = model.predict_on_batch(pixels)
