@@ -44,8 +44,9 @@ class ModelS3:
 
     def __init__(self, keys: list[str], size: int) -> None:
         self.keys = sorted(keys)
-        self._latency = multiprocessing.Value("d", 0.0)
-        self._pages = multiprocessing.Value("i", 0)
+        #: Seconds before each page, and pages answered: shared with the serving process.
+        self.latency = multiprocessing.Value("d", 0.0)
+        self.pages = multiprocessing.Value("i", 0)
         stamp = datetime(2026, 1, 1, tzinfo=UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
         self.entry = (
             "<Contents><Key>{}</Key><LastModified>" + stamp + "</LastModified>"
@@ -58,7 +59,7 @@ class ModelS3:
 
             def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
                 body = model.page(parse_qs(urlsplit(self.path).query)).encode()
-                time.sleep(model._latency.value)
+                time.sleep(model.latency.value)
                 self.send_response(200)
                 self.send_header("Content-Type", "application/xml")
                 self.send_header("Content-Length", str(len(body)))
@@ -77,25 +78,9 @@ class ModelS3:
         self.process.start()
         server.socket.close()  # the child serves it
 
-    @property
-    def latency(self) -> float:
-        return float(self._latency.value)
-
-    @latency.setter
-    def latency(self, seconds: float) -> None:
-        self._latency.value = seconds
-
-    @property
-    def pages(self) -> int:
-        return int(self._pages.value)
-
-    @pages.setter
-    def pages(self, n: int) -> None:
-        self._pages.value = n
-
     def page(self, q: dict[str, list[str]]) -> str:
-        with self._pages.get_lock():
-            self._pages.value += 1
+        with self.pages.get_lock():
+            self.pages.value += 1
         prefix = q.get("prefix", [""])[0]
         delimiter = q.get("delimiter", [""])[0]
         limit = min(int(q.get("max-keys", ["1000"])[0]), PAGE_CAP)
@@ -179,17 +164,17 @@ def main() -> None:
     rows = []
     try:
         for ms in args.latency_ms:
-            model.latency = ms / 1000
+            model.latency.value = ms / 1000
             row: dict[str, object] = {"latency_ms": ms}
             for name, folders in (("one_chain", False), ("folder_by_folder", True)):
-                model.pages = 0
+                model.pages.value = 0
                 secs, cpu, n = listing_once(url, folders)
                 assert n == args.objects, (n, args.objects)
                 row[name] = {
                     "seconds": round(secs, 2),
                     "objects_per_s": round(n / secs),
                     "client_cpu_s": round(cpu, 2),
-                    "pages": model.pages,
+                    "pages": model.pages.value,
                 }
             run = tmp / f"scan-{ms:g}"
             run.mkdir()

@@ -398,8 +398,9 @@ class SignedS3:
         import botocore.session
         import urllib3
         from botocore import UNSIGNED
+        from botocore.auth import S3SigV4Auth
+        from botocore.awsrequest import AWSRequest
         from botocore.config import Config
-        from botocore.credentials import Credentials
 
         kwargs = dict(getattr(fs, "client_kwargs", {}) or {})
         for name, attr in (
@@ -422,22 +423,22 @@ class SignedS3:
         if getattr(fs, "anon", False):
             config["signature_version"] = UNSIGNED
         session = botocore.session.Session()
+        if kwargs.get("aws_access_key_id") and kwargs.get("aws_secret_access_key"):
+            # Given ones go to the session, so the client and the header signer share them.
+            session.set_credentials(
+                kwargs.pop("aws_access_key_id"),
+                kwargs.pop("aws_secret_access_key"),
+                kwargs.pop("aws_session_token", None),
+            )
         self._client = session.create_client("s3", config=Config(**config), **kwargs)
         # Object GETs are signed in their headers (SigV4), at the address the client itself
         # gives each bucket (path or virtual-host style, the endpoint's region): a presigned
         # URL costs the client's whole endpoint resolution per object and a long URL for
         # urllib3 to parse, about 0.25 ms of the 0.9 ms a GET cost.
         self._header_signed = config["signature_version"] == "s3v4"
-        self._credentials = (
-            Credentials(
-                kwargs["aws_access_key_id"],
-                kwargs["aws_secret_access_key"],
-                kwargs.get("aws_session_token"),
-            )
-            if kwargs.get("aws_access_key_id") and kwargs.get("aws_secret_access_key")
-            else session.get_credentials()
-        )
+        self._credentials = session.get_credentials()
         self._region = self._client.meta.region_name
+        self._signer, self._aws_request = S3SigV4Auth, AWSRequest
         self._bases: dict[str, str | None] = {}
         self._bases_lock = threading.Lock()
         self._http = urllib3.PoolManager(
@@ -541,9 +542,6 @@ class SignedS3:
 
     def _request(self, bucket: str, key: str, max_bytes: int) -> tuple[str, dict[str, str]]:
         """The URL and headers of one bounded object GET, signed."""
-        from botocore.auth import S3SigV4Auth
-        from botocore.awsrequest import AWSRequest
-
         headers = {"Range": f"bytes=0-{max_bytes}"}
         base = self._base(bucket) if self._header_signed else None
         if base is None:
@@ -555,8 +553,8 @@ class SignedS3:
         credentials = self._credentials
         if credentials is None:
             raise LookupError("no credentials")  # s3fs reads it, or says what is missing
-        request = AWSRequest(method="GET", url=url, headers=headers)
-        S3SigV4Auth(credentials.get_frozen_credentials(), "s3", self._region).add_auth(request)
+        request = self._aws_request(method="GET", url=url, headers=headers)
+        self._signer(credentials.get_frozen_credentials(), "s3", self._region).add_auth(request)
         return url, dict(request.headers.items())
 
     def _get(self, path: str, max_bytes: int) -> object:
